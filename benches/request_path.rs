@@ -1,0 +1,98 @@
+//! The request path on loopback: one keep-alive HTTP/1.1 connection sending GETs to a demo
+//! backend, directly and through rtcgate, in the same run. The ratio is the figure to watch;
+//! absolute times move with the machine's load.
+//!
+//! `cargo bench --bench request_path`
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use rtcgate::config::Config;
+use rtcgate::demo::DemoBackend;
+use rtcgate::proxy::Proxy;
+use rtcgate::server::{self, Listeners};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+const CONFIG: &str = r#"
+[listen]
+http = "127.0.0.1:0"
+[sticky]
+keys = ["b1:bench-secret-0123456789abcdef0123456789"]
+[pools.media]
+hosts = ["*"]
+[[pools.media.backends]]
+id = "b1"
+address = "ADDR"
+"#;
+
+async fn start(rt_dir: &std::path::Path) -> (SocketAddr, SocketAddr, Arc<DemoBackend>) {
+    let backend = DemoBackend::spawn("b1", TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+    let path = rt_dir.join("proxy.toml");
+    std::fs::write(&path, CONFIG.replace("ADDR", &backend.addr.to_string())).expect("write config");
+    let proxy = Proxy::new(Config::load(&path).expect("config")).expect("proxy");
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let proxy_addr = http.local_addr().expect("addr");
+    let listeners = Listeners {
+        http: Some(http),
+        ..Listeners::default()
+    };
+    tokio::spawn(server::run(listeners, proxy, std::future::pending()));
+    (backend.addr, proxy_addr, backend)
+}
+
+async fn connect(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+async fn get(sender: &mut SendRequest<Empty<Bytes>>) {
+    sender.ready().await.expect("ready");
+    let req = http::Request::get("/health")
+        .header("host", "localhost")
+        .body(Empty::new())
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("response");
+    assert!(resp.status().is_success());
+    resp.into_body().collect().await.expect("body");
+}
+
+fn request_path(c: &mut Criterion) {
+    let rt = Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (direct, proxied, _backend) = rt.block_on(start(dir.path()));
+    let mut group = c.benchmark_group("request_path");
+    group.measurement_time(Duration::from_secs(5));
+    for (name, addr) in [("direct", direct), ("proxied", proxied)] {
+        let sender = Mutex::new(Some(rt.block_on(connect(addr))));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut s = sender.lock().expect("lock").take().expect("sender");
+                let elapsed = rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        get(&mut s).await;
+                    }
+                    start.elapsed()
+                });
+                *sender.lock().expect("lock") = Some(s);
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, request_path);
+criterion_main!(benches);

@@ -1,0 +1,388 @@
+//! Built-in demo media servers: what `rtcgate demo` starts behind the proxy, and what the tests
+//! use as backends.
+//!
+//! Each answers with its id (`X-Backend-Id` and a small page), has a switchable `/health`, echoes
+//! request headers and WebSocket messages, counts requests, and offers the bulk and slow endpoints
+//! the tests need. It is a test double, not a media server: it never parses SDP or carries RTP.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+type DemoBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Size of the chunks `/bytes` sends.
+const CHUNK: usize = 64 * 1024;
+
+/// A running demo backend.
+#[derive(Debug)]
+pub struct DemoBackend {
+    pub id: String,
+    pub addr: SocketAddr,
+    /// Requests served so far, watchable so tests can wait for a request to arrive.
+    requests: watch::Sender<u64>,
+    healthy: AtomicBool,
+    /// Bytes `/sink` has received so far, across requests.
+    received: watch::Sender<u64>,
+    /// Lets a `/bytes?hold=1` response go on after its first chunk.
+    release: Notify,
+    stop: CancellationToken,
+}
+
+impl DemoBackend {
+    /// Binds `addr` and serves on it until [`DemoBackend::kill`].
+    pub async fn bind(id: &str, addr: SocketAddr) -> std::io::Result<Arc<DemoBackend>> {
+        Ok(DemoBackend::spawn(id, TcpListener::bind(addr).await?))
+    }
+
+    /// Serves on `listener` until [`DemoBackend::kill`].
+    pub fn spawn(id: &str, listener: TcpListener) -> Arc<DemoBackend> {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let backend = Arc::new(DemoBackend {
+            id: id.to_string(),
+            addr,
+            requests: watch::channel(0).0,
+            healthy: AtomicBool::new(true),
+            received: watch::channel(0).0,
+            release: Notify::new(),
+            stop: CancellationToken::new(),
+        });
+        tokio::spawn(backend.clone().accept_loop(listener));
+        backend
+    }
+
+    /// Requests served so far (health checks included).
+    pub fn requests(&self) -> u64 {
+        *self.requests.borrow()
+    }
+
+    /// Watches the count of requests served.
+    pub fn requests_watch(&self) -> watch::Receiver<u64> {
+        self.requests.subscribe()
+    }
+
+    /// Makes `/health` answer 200 (true) or 503 (false).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Watches the bytes `/sink` has received.
+    pub fn received(&self) -> watch::Receiver<u64> {
+        self.received.subscribe()
+    }
+
+    /// Lets one held `/bytes?hold=1` response send the rest of its body.
+    pub fn release(&self) {
+        self.release.notify_one();
+    }
+
+    /// Stops listening and drops every open connection, as a crashed server would.
+    pub fn kill(&self) {
+        self.stop.cancel();
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                },
+                _ = self.stop.cancelled() => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let me = self.clone();
+            tokio::spawn(async move {
+                let svc = {
+                    let me = me.clone();
+                    service_fn(move |req| {
+                        let me = me.clone();
+                        async move { Ok::<_, Infallible>(me.serve(req).await) }
+                    })
+                };
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = me.stop.cancelled() => {}
+                }
+            });
+        }
+    }
+
+    async fn serve(self: Arc<Self>, req: Request<Incoming>) -> Response<DemoBody> {
+        self.requests.send_modify(|n| *n += 1);
+        let mut resp = if is_websocket(&req) {
+            self.websocket(req)
+        } else {
+            match (req.method(), req.uri().path()) {
+                (_, "/health") if self.healthy.load(Ordering::Relaxed) => {
+                    text(StatusCode::OK, "ok\n")
+                }
+                (_, "/health") => text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n"),
+                (_, "/headers") => json(headers_json(&req)),
+                (_, "/hop") => hop_by_hop_response(),
+                (&Method::POST, "/sink") => self.sink(req).await,
+                (&Method::GET, "/bytes") => self.bytes(&req),
+                (_, "/slow") => {
+                    let ms = query(&req, "ms")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1000);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    text(StatusCode::OK, "slow done\n")
+                }
+                _ => self.page(&req),
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&self.id) {
+            resp.headers_mut().insert("x-backend-id", v);
+        }
+        resp
+    }
+
+    fn page(&self, req: &Request<Incoming>) -> Response<DemoBody> {
+        let h = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(html_escape)
+                .unwrap_or_else(|| "-".into())
+        };
+        let body = format!(
+            include_str!("demo_page.html"),
+            id = html_escape(&self.id),
+            addr = self.addr,
+            proto = h("x-forwarded-proto"),
+            client = h("x-forwarded-for"),
+            host = h("host"),
+        );
+        let mut resp = Response::new(full(body));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        resp
+    }
+
+    /// Reads the body as it arrives, reporting progress, and answers its length and FNV-1a hash.
+    async fn sink(&self, req: Request<Incoming>) -> Response<DemoBody> {
+        let mut body = req.into_body();
+        let mut n = 0u64;
+        let mut hash = Fnv::default();
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return text(StatusCode::BAD_REQUEST, "body broke off\n");
+            };
+            if let Some(data) = frame.data_ref() {
+                n += data.len() as u64;
+                hash.update(data);
+                self.received.send_modify(|r| *r += data.len() as u64);
+            }
+        }
+        json(format!("{{\"bytes\":{n},\"fnv\":\"{:016x}\"}}", hash.0))
+    }
+
+    /// Streams `n` bytes of [`pattern`], 64 KiB at a time; with `hold=1`, waits for
+    /// [`DemoBackend::release`] after the first chunk.
+    fn bytes(self: &Arc<Self>, req: &Request<Incoming>) -> Response<DemoBody> {
+        let n: u64 = query(req, "n").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let hold = query(req, "hold").is_some_and(|v| v == "1");
+        let me = self.clone();
+        let stream = futures_util::stream::unfold(0u64, move |sent| {
+            let me = me.clone();
+            async move {
+                if sent >= n {
+                    return None;
+                }
+                if hold && sent == CHUNK as u64 {
+                    me.release.notified().await;
+                }
+                let len = (n - sent).min(CHUNK as u64);
+                let chunk: Vec<u8> = (sent..sent + len).map(pattern).collect();
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(chunk))),
+                    sent + len,
+                ))
+            }
+        });
+        let mut resp = Response::new(UnsyncBoxBody::new(StreamBody::new(stream)));
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        resp
+    }
+
+    fn websocket(&self, mut req: Request<Incoming>) -> Response<DemoBody> {
+        let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+            return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
+        };
+        let accept = derive_accept_key(key.as_bytes());
+        let upgrade = hyper::upgrade::on(&mut req);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let Ok(upgraded) = upgrade.await else { return };
+            let mut ws =
+                WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+            loop {
+                let msg = tokio::select! {
+                    m = ws.next() => m,
+                    _ = stop.cancelled() => return,
+                };
+                match msg {
+                    Some(Ok(m)) if m.is_text() || m.is_binary() => {
+                        if ws.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(m)) if m.is_close() => {
+                        let _ = ws.close(None).await;
+                        return;
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        });
+        let mut resp = Response::new(full(String::new()));
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        if let Ok(v) = HeaderValue::from_str(&accept) {
+            h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+        }
+        resp
+    }
+}
+
+/// The byte at offset `i` of a `/bytes` body: cheap to check, and not a repeating short period.
+pub fn pattern(i: u64) -> u8 {
+    (i % 251) as u8 ^ (i >> 16) as u8
+}
+
+/// FNV-1a, 64 bit: a cheap checksum both ends of a bulk test can compute.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(pub u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+/// A response carrying hop-by-hop headers that a proxy must not pass on.
+fn hop_by_hop_response() -> Response<DemoBody> {
+    let mut resp = text(StatusCode::OK, "hop\n");
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("x-internal"));
+    h.insert("x-internal", HeaderValue::from_static("secret"));
+    h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+    h.insert(
+        header::PROXY_AUTHENTICATE,
+        HeaderValue::from_static("Basic"),
+    );
+    h.insert("x-end-to-end", HeaderValue::from_static("kept"));
+    resp
+}
+
+fn is_websocket<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+fn query<'a, B>(req: &'a Request<B>, name: &str) -> Option<&'a str> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn full(s: String) -> DemoBody {
+    UnsyncBoxBody::new(Full::new(Bytes::from(s)))
+}
+
+fn text(status: StatusCode, s: &str) -> Response<DemoBody> {
+    let mut resp = Response::new(full(s.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json(s: String) -> Response<DemoBody> {
+    let mut resp = Response::new(full(s));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The request line and headers as JSON: `{"method":…,"uri":…,"version":…,"headers":[[k,v],…]}`.
+fn headers_json<B>(req: &Request<B>) -> String {
+    let headers: Vec<(&str, String)> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let mut m = HashMap::new();
+    m.insert("method", serde_json::Value::from(req.method().as_str()));
+    m.insert("uri", serde_json::Value::from(req.uri().to_string()));
+    m.insert(
+        "version",
+        serde_json::Value::from(format!("{:?}", req.version())),
+    );
+    m.insert("headers", serde_json::to_value(headers).unwrap_or_default());
+    serde_json::to_string(&m).unwrap_or_default()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

@@ -1,0 +1,27 @@
+//! rtcgate: a Layer-7 sticky reverse proxy for pools of WebRTC media and signalling servers.
+//!
+//! The map, in the order a request meets it:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`config`] | `proxy.toml` → validated, typed [`config::Config`]; errors name the key |
+//! | [`tls`] | certificates → `rustls::ServerConfig` (ALPN, SNI) |
+//! | [`server`] | accept loops, per-connection tasks, client-side limits, graceful shutdown |
+//! | [`proxy`] | one request: route → place → forward → respond; header hygiene; error mapping |
+//! | [`balance`] | placement over a snapshot's pool; no I/O |
+//! | [`snapshot`] | the immutable config-derived view swapped whole by `arc_swap` |
+//! | [`pool`] | backend runtime state and the registry that outlives snapshots |
+//! | [`demo`] | built-in demo backends for `rtcgate demo` and the tests |
+//!
+//! `main.rs` is the thin binary: CLI, logging, exit codes.
+
+#![forbid(unsafe_code)]
+
+pub mod balance;
+pub mod config;
+pub mod demo;
+pub mod pool;
+pub mod proxy;
+pub mod server;
+pub mod snapshot;
+pub mod tls;

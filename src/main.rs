@@ -1,0 +1,124 @@
+//! The `rtcgate` binary: CLI (run / check / demo), logging, exit codes. Everything else lives in
+//! the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rtcgate::config::Config;
+use rtcgate::demo::DemoBackend;
+use rtcgate::proxy::Proxy;
+use rtcgate::server::{self, Listeners};
+
+#[derive(Parser)]
+#[command(version, about = "A sticky reverse proxy for pools of WebRTC servers")]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, default_value = "proxy.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the configuration and exit: 0 when good, 1 with the offending key when not.
+    Check,
+    /// Run with built-in demo media servers on the config's loopback backend addresses.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+
+    // 1. Parse and validate (certificates included) before anything is bound.
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = rtcgate::tls::server_config(&config) {
+        return fail(&e);
+    }
+    let demo = match cli.command {
+        Some(Command::Check) => {
+            let backends: usize = config.pools.iter().map(|p| p.backends.len()).sum();
+            println!(
+                "{}: ok ({} pools, {backends} backends)",
+                cli.config.display(),
+                config.pools.len()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Demo) => true,
+        None => false,
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    match runtime.block_on(run(config, demo)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&*e),
+    }
+}
+
+fn fail(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::FAILURE
+}
+
+async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
+    // 2. Demo backends first, so the proxy's first requests find them.
+    let mut demo_backends = Vec::new();
+    if demo {
+        for pool in &config.pools {
+            for b in pool
+                .backends
+                .iter()
+                .filter(|b| b.address.ip().is_loopback())
+            {
+                let d = DemoBackend::bind(&b.id, b.address)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("demo backend {} on {}: {e}", b.id, b.address))?;
+                tracing::info!(id = %b.id, addr = %b.address, "demo backend started");
+                demo_backends.push(d);
+            }
+        }
+    }
+    // 3. Build the runtime state, then bind.
+    let listen = config.listen.clone();
+    let proxy = Proxy::new(config)?;
+    let listeners = Listeners::bind(&listen).await?;
+    if let Some(a) = listen.https {
+        tracing::info!("try: curl -k https://localhost:{}/", a.port());
+    }
+    // 4. Serve until SIGTERM or SIGINT.
+    server::run(listeners, proxy, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; only SIGINT will stop rtcgate");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}

@@ -1,0 +1,160 @@
+//! Backend runtime state, and the registry that keeps it across reloads.
+//!
+//! A [`Backend`] is shared (`Arc`) by every snapshot that lists it and by every request and
+//! tunnel using it, so health, admin state and counters survive a reload. The registry is keyed
+//! by (pool, backend id, address): a backend whose address changes is a new backend. Placement
+//! reads these counters (`balance.rs`); nothing here decides where a request goes.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::uri::Authority;
+
+/// What an operator has asked of a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    Enabled = 0,
+    /// Keeps its pinned users and tunnels, takes no new pins.
+    Draining = 1,
+    /// Takes no traffic at all.
+    Maint = 2,
+}
+
+/// One backend server's runtime state.
+#[derive(Debug)]
+pub struct Backend {
+    pub pool: Arc<str>,
+    pub id: Arc<str>,
+    pub addr: SocketAddr,
+    /// `addr` as a URI authority, built once.
+    pub authority: Authority,
+    up: AtomicBool,
+    admin: AtomicU8,
+    /// Open tunnels.
+    sessions: AtomicU32,
+    /// Requests between placement and the end of their response body.
+    inflight: AtomicU32,
+}
+
+impl Backend {
+    pub fn new(pool: &str, id: &str, addr: SocketAddr) -> Arc<Backend> {
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .expect("a socket address is always a valid authority");
+        Arc::new(Backend {
+            pool: pool.into(),
+            id: id.into(),
+            addr,
+            authority,
+            // Optimistic start, as HAProxy does: the first health check runs at once.
+            up: AtomicBool::new(true),
+            admin: AtomicU8::new(AdminState::Enabled as u8),
+            sessions: AtomicU32::new(0),
+            inflight: AtomicU32::new(0),
+        })
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn admin(&self) -> AdminState {
+        match self.admin.load(Ordering::Relaxed) {
+            1 => AdminState::Draining,
+            2 => AdminState::Maint,
+            _ => AdminState::Enabled,
+        }
+    }
+
+    pub fn set_admin(&self, state: AdminState) {
+        self.admin.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn sessions(&self) -> u32 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Sessions plus in-flight requests.
+    pub fn load(&self) -> u32 {
+        self.sessions().saturating_add(self.inflight())
+    }
+
+    /// Counts one in-flight request until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> InFlight {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Counts one session (an open tunnel) until the guard drops.
+    pub fn open_session(self: &Arc<Self>) -> Session {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
+        Session(self.clone())
+    }
+}
+
+/// An in-flight request on a backend; dropping it ends the count.
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An open session (tunnel) on a backend; dropping it ends the count, however the tunnel ended.
+#[derive(Debug)]
+pub struct Session(Arc<Backend>);
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Key = (String, String, SocketAddr);
+
+/// Backends by (pool, id, address), outliving snapshots.
+#[derive(Debug, Default)]
+pub struct Registry {
+    backends: Mutex<HashMap<Key, Arc<Backend>>>,
+}
+
+impl Registry {
+    /// Makes the registry hold exactly `wanted`, reusing the state of backends that survive.
+    /// Returns the backends in `wanted` order, and the ones that left.
+    pub fn update(
+        &self,
+        wanted: &[(&str, &str, SocketAddr)],
+    ) -> (Vec<Arc<Backend>>, Vec<Arc<Backend>>) {
+        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::with_capacity(wanted.len());
+        let mut kept = Vec::with_capacity(wanted.len());
+        for &(pool, id, addr) in wanted {
+            let key = (pool.to_string(), id.to_string(), addr);
+            let b = map
+                .remove(&key)
+                .unwrap_or_else(|| Backend::new(pool, id, addr));
+            kept.push(b.clone());
+            next.insert(key, b);
+        }
+        let gone = std::mem::replace(&mut *map, next).into_values().collect();
+        (kept, gone)
+    }
+}

@@ -1,0 +1,488 @@
+//! One request: route → place → forward → respond, with header hygiene and error mapping.
+//!
+//! [`Proxy`] holds what every request needs: the swappable snapshot, the backend registry and the
+//! pooled upstream client. Connections, TLS and limits on the client side are `server.rs`'s; the
+//! choice of backend is `balance.rs`'s; this file turns a client request into a backend request
+//! and the backend's answer (or failure) into the client's response.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::balance::{self, Rejection};
+use crate::config::{Config, ConfigError, Limits};
+use crate::pool::{Backend, InFlight, Registry};
+use crate::snapshot::Snapshot;
+
+/// Body sent to backends: the client's, or empty for requests rtcgate makes or replays.
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// Body sent to clients: a backend's, or a short one written by rtcgate.
+pub type ResponseBody = Either<Tracked, Full<Bytes>>;
+
+/// Seconds a client is told to wait in `Retry-After` when no backend can take it.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// What the connection knows about the client, handed to every request on it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Why a request got no answer from a backend, and so which status the client sees.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The client's request is malformed → 400.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// No pool serves the requested host → 404.
+    #[error("no pool serves host {0:?}")]
+    NoRoute(String),
+    /// The pool has no backend for a new user → 503 with Retry-After.
+    #[error("no backend available ({})", .0.as_str())]
+    Rejected(Rejection),
+    /// The backend refused or reset the connection → 502.
+    #[error("backend {backend} failed: {cause}")]
+    Backend { backend: String, cause: String },
+    /// The backend did not connect or answer in time → 504.
+    #[error("backend {backend} timed out: {cause}")]
+    Timeout { backend: String, cause: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::Rejected(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Backend { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The short body the client sees: the status and a line that does not leak addresses.
+    fn client_message(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(m) => m,
+            ProxyError::NoRoute(_) => "no service is configured for this host",
+            ProxyError::Rejected(Rejection::Full) => "every server is full; retry later",
+            ProxyError::Rejected(Rejection::NoBackend) => "no server is available; retry later",
+            ProxyError::Backend { .. } => "the server could not be reached",
+            ProxyError::Timeout { .. } => "the server did not answer in time",
+        }
+    }
+
+    /// The response rtcgate sends for this error.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let body = format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.client_message()
+        );
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        resp
+    }
+}
+
+/// The request handler shared by every connection.
+pub struct Proxy {
+    snapshot: ArcSwap<Snapshot>,
+    registry: Registry,
+    client: Client<HttpConnector, UpstreamBody>,
+}
+
+impl Proxy {
+    /// Builds the first snapshot of `config` and the upstream client.
+    pub fn new(config: Config) -> Result<Arc<Proxy>, ConfigError> {
+        let registry = Registry::default();
+        let client = upstream_client(&config.limits);
+        let (snapshot, _) = Snapshot::build(config, &registry)?;
+        Ok(Arc::new(Proxy {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            registry,
+            client,
+        }))
+    }
+
+    /// The current snapshot, for a short synchronous look; never hold it across an `.await`.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// The current snapshot, to keep.
+    pub fn snapshot_full(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Serves one client request.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let (access_log, result) = {
+            let snap = self.snapshot.load();
+            let access = snap.config.log.access;
+            (access, self.place(&snap, &req))
+        };
+        let (resp, backend) = match result {
+            Ok(placed) => {
+                let backend = placed.backend.id.clone();
+                (self.forward(req, conn, placed).await, Some(backend))
+            }
+            Err(e) => (Err(e), None),
+        };
+        let resp = resp.unwrap_or_else(|e| {
+            if e.status().is_server_error() {
+                tracing::warn!(client = %conn.peer, %method, %path, error = %e, "request failed");
+            }
+            e.into_response()
+        });
+        if access_log {
+            tracing::info!(
+                target: "rtcgate::access",
+                client = %conn.peer,
+                %method,
+                %path,
+                status = resp.status().as_u16(),
+                backend = backend.as_deref().unwrap_or("-"),
+                ms = started.elapsed().as_secs_f64() * 1e3,
+            );
+        }
+        resp
+    }
+
+    /// Chooses the backend for `req` from one snapshot; the guard ends with this call.
+    fn place(&self, snap: &Snapshot, req: &Request<Incoming>) -> Result<Placed, ProxyError> {
+        let host = request_host(req).ok_or(ProxyError::BadRequest("the request names no host"))?;
+        let pool = snap
+            .route(strip_port(host))
+            .ok_or_else(|| ProxyError::NoRoute(host.to_string()))?;
+        let member =
+            balance::least_loaded(&pool.members, &pool.rotor).map_err(ProxyError::Rejected)?;
+        Ok(Placed {
+            inflight: member.backend.start_request(),
+            backend: member.backend.clone(),
+            response_timeout: snap.config.limits.response_timeout,
+        })
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        placed: Placed,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let backend = &placed.backend;
+        let upstream = upstream_request(req, conn, backend)?;
+        let sent =
+            tokio::time::timeout(placed.response_timeout, self.client.request(upstream)).await;
+        let mut resp = match sent {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(classify(backend, &e)),
+            Err(_) => {
+                return Err(ProxyError::Timeout {
+                    backend: backend.id.to_string(),
+                    cause: format!("no response within {:?}", placed.response_timeout),
+                })
+            }
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        Ok(resp.map(|body| {
+            Either::Left(Tracked {
+                inner: body,
+                _inflight: placed.inflight,
+            })
+        }))
+    }
+}
+
+/// A placement decision, carried out of the snapshot's scope.
+struct Placed {
+    backend: Arc<Backend>,
+    inflight: InFlight,
+    response_timeout: Duration,
+}
+
+fn upstream_client(limits: &Limits) -> Client<HttpConnector, UpstreamBody> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(limits.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(limits.upstream_idle_timeout)
+        .pool_max_idle_per_host(limits.upstream_idle_per_backend)
+        // The client's Host is forwarded as is; the URI only tells the pool where to connect.
+        .set_host(false)
+        .build(http)
+}
+
+/// The host a request is for: the HTTP/2 `:authority` or the HTTP/1.1 `Host` header.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .filter(|h| !h.is_empty())
+}
+
+/// `host[:port]` → `host`, leaving IPv6 literals' brackets alone.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Turns the client's request into the backend's: origin URI on the backend's address, hop-by-hop
+/// headers gone, `Host` kept, and the forwarding headers added.
+fn upstream_request(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    backend: &Backend,
+) -> Result<Request<UpstreamBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported here"));
+    }
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str())
+            .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+        None => parts
+            .headers
+            .get(header::HOST)
+            .cloned()
+            .ok_or(ProxyError::BadRequest("the request names no host"))?,
+    };
+    let client_version = parts.version;
+    strip_hop_by_hop(&mut parts.headers);
+    if client_version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    add_forwarding(&mut parts.headers, conn, &host);
+    parts.headers.insert(header::HOST, host);
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    parts.uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(backend.authority.clone())
+        .path_and_query(path)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    parts.version = Version::HTTP_11;
+    Ok(Request::from_parts(parts, Either::Left(body)))
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), besides those that
+/// `Connection` names.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers: the static list and every name listed in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// HTTP/2 may split `Cookie` over several fields; an HTTP/1.1 backend needs one (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`.
+fn add_forwarding(headers: &mut HeaderMap, conn: ConnInfo, host: &HeaderValue) {
+    let ip = conn.peer.ip();
+    let proto = if conn.tls { "https" } else { "http" };
+    let xff = join_list(headers, &X_FORWARDED_FOR, &ip.to_string());
+    headers.insert(&X_FORWARDED_FOR, xff);
+    let node = match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let host_str = host.to_str().unwrap_or("");
+    let element = if host_str.is_empty() || host_str.contains('"') || host_str.contains('\\') {
+        format!("for={node};proto={proto}")
+    } else {
+        format!("for={node};proto={proto};host=\"{host_str}\"")
+    };
+    let fwd = join_list(headers, &header::FORWARDED, &element);
+    headers.insert(header::FORWARDED, fwd);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    headers.insert(&X_FORWARDED_HOST, host.clone());
+}
+
+/// The values of `name` joined as one comma-separated list, with `item` appended.
+fn join_list(headers: &HeaderMap, name: &HeaderName, item: &str) -> HeaderValue {
+    let mut out = Vec::new();
+    for v in headers.get_all(name) {
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(item.as_bytes());
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
+        // An earlier hop sent bytes a header cannot hold; start the list afresh.
+        HeaderValue::from_str(item).unwrap_or(HeaderValue::from_static(""))
+    })
+}
+
+/// Maps a client error to what the client should see.
+fn classify(backend: &Backend, e: &hyper_util::client::legacy::Error) -> ProxyError {
+    let cause = error_chain(e);
+    let timed_out = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
+        .filter_map(|e| e.downcast_ref::<io::Error>())
+        .any(|e| e.kind() == io::ErrorKind::TimedOut);
+    let backend = backend.id.to_string();
+    if timed_out {
+        ProxyError::Timeout { backend, cause }
+    } else {
+        ProxyError::Backend { backend, cause }
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// A backend's response body, counting as in flight on its backend until it ends or drops.
+pub struct Tracked {
+    inner: Incoming,
+    _inflight: InFlight,
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_static_and_connection_listed_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn host_port_is_stripped_but_ipv6_kept() {
+        assert_eq!(strip_port("example.com:8443"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:8443"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn h2_cookies_join_into_one() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+    }
+}

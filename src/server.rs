@@ -1,0 +1,346 @@
+//! Accept loops, per-connection tasks, client-side limits and graceful shutdown.
+//!
+//! Owns the sockets: binding (after validation), TLS handshakes under a timeout, the cap on
+//! concurrent connections, the idle timeout, and the order of shutdown (stop accepting, let
+//! in-flight requests finish within the grace period, then return). What a request does is
+//! `proxy.rs`'s.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Limits, Listen};
+use crate::proxy::{ConnInfo, Proxy};
+
+/// The bound listening sockets. Tests bind `127.0.0.1:0` themselves and pass them in.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    pub https: Option<TcpListener>,
+    pub http: Option<TcpListener>,
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds every address in `listen`; an error names the key and the address.
+    pub async fn bind(listen: &Listen) -> anyhow::Result<Listeners> {
+        async fn one(key: &str, addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
+            match addr {
+                None => Ok(None),
+                Some(a) => TcpListener::bind(a)
+                    .await
+                    .map(Some)
+                    .with_context(|| format!("listen.{key}: cannot listen on {a}")),
+            }
+        }
+        Ok(Listeners {
+            https: one("https", listen.https).await?,
+            http: one("http", listen.http).await?,
+            admin: one("admin", listen.admin).await?,
+        })
+    }
+}
+
+/// What every connection task shares.
+struct Ctx {
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    /// Protocol detected from the first bytes (plain listener).
+    auto: auto::Builder<TokioExecutor>,
+    /// Protocol chosen by ALPN.
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+    connections: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+/// Serves `listeners` until `shutdown` completes, then stops accepting, gives in-flight requests
+/// `limits.shutdown_grace` to finish, and returns.
+pub async fn run(
+    listeners: Listeners,
+    proxy: Arc<Proxy>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let limits = proxy.snapshot().config.limits.clone();
+    let auto = http_builder(&limits);
+    let ctx = Arc::new(Ctx {
+        h1: auto.clone().http1_only(),
+        h2: auto.clone().http2_only(),
+        auto,
+        connections: Arc::new(Semaphore::new(limits.max_connections)),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        proxy,
+        limits,
+    });
+    for (listener, tls) in [(listeners.https, true), (listeners.http, false)] {
+        if let Some(l) = listener {
+            tracing::info!(addr = %l.local_addr()?, tls, "listening");
+            ctx.tasks.spawn(accept_loop(l, tls, ctx.clone()));
+        }
+    }
+    // The admin API is not served yet; release its port rather than leave connections hanging.
+    drop(listeners.admin);
+    shutdown.await;
+    let grace = ctx.limits.shutdown_grace;
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections, in-flight requests may finish"
+    );
+    ctx.shutdown.cancel();
+    ctx.tasks.close();
+    if tokio::time::timeout(grace, ctx.tasks.wait()).await.is_err() {
+        tracing::warn!(
+            open = ctx.tasks.len(),
+            "grace period over; closing the remaining connections"
+        );
+    }
+    Ok(())
+}
+
+fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper answers 431 when a request head does not fit the read buffer.
+        .max_buf_size(limits.max_header_size)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .enable_connect_protocol();
+    b
+}
+
+async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Ctx>) {
+    loop {
+        // Past the cap, clients wait in the kernel's backlog instead of being accepted and
+        // starved: wait for a free slot before accepting. The slot is not held while accepting,
+        // or an idle listener would keep it from a busy one; so it is taken again after accept,
+        // which at worst holds one accepted socket per listener until a slot frees.
+        tokio::select! {
+            p = ctx.connections.acquire() => drop(p),
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = ctx.shutdown.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                accept_error(e).await;
+                continue;
+            }
+        };
+        let permit = tokio::select! {
+            p = ctx.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = ctx.shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        ctx.tasks
+            .spawn(serve_connection(stream, peer, tls, ctx.clone(), permit));
+    }
+}
+
+async fn accept_error(e: io::Error) {
+    let resource = matches!(
+        e.raw_os_error(),
+        Some(23 /* ENFILE */ | 24 /* EMFILE */ | 105 /* ENOBUFS */ | 12 /* ENOMEM */)
+    );
+    if resource {
+        tracing::error!(error = %e, "accept failed: out of resources; pausing accepts for 100ms");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    } else {
+        // Per-connection failures (ECONNABORTED and the like) concern one client only.
+        tracing::debug!(error = %e, "accept failed");
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+    ctx: Arc<Ctx>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let info = ConnInfo { peer, tls };
+    if !tls {
+        serve_http(stream, info, &ctx.auto, &ctx).await;
+        return;
+    }
+    let Some(config) = ctx.proxy.snapshot().tls.clone() else {
+        return;
+    };
+    let handshake = TlsAcceptor::from(config).accept(stream);
+    let stream = tokio::select! {
+        r = tokio::time::timeout(ctx.limits.tls_handshake_timeout, handshake) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer, "TLS handshake timed out");
+                return;
+            }
+        },
+        _ = ctx.shutdown.cancelled() => return,
+    };
+    let builder = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => &ctx.h2,
+        Some(b"http/1.1") => &ctx.h1,
+        _ => &ctx.auto,
+    };
+    serve_http(stream, info, builder, &ctx).await;
+}
+
+async fn serve_http<I>(
+    io: I,
+    info: ConnInfo,
+    builder: &auto::Builder<TokioExecutor>,
+    ctx: &Arc<Ctx>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(AtomicU32::new(0));
+    let io = Watched {
+        inner: io,
+        activity: activity.clone(),
+    };
+    let proxy = ctx.proxy.clone();
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+
+    // Idle timeout: checked every half period, so a silent connection is asked to close after
+    // 1–1.5 periods, and dropped if it is still silent a period later (a peer that stopped
+    // reading would otherwise hold its graceful close forever).
+    let mut tick = tokio::time::interval(ctx.limits.idle_timeout / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut seen = activity.load(Ordering::Relaxed);
+    let mut quiet = 0u32;
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %info.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = ctx.shutdown.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tick.tick() => {
+                let now = activity.load(Ordering::Relaxed);
+                if now != seen {
+                    seen = now;
+                    quiet = 0;
+                    continue;
+                }
+                quiet += 1;
+                if quiet >= 4 {
+                    tracing::debug!(client = %info.peer, "idle connection dropped");
+                    return;
+                }
+                if quiet >= 2 && !closing {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A client stream that counts its reads and writes, so the idle timer can tell whether
+    /// anything moved. One relaxed atomic add per I/O call; no clock reads.
+    struct Watched<I> {
+        #[pin]
+        inner: I,
+        activity: Arc<AtomicU32>,
+    }
+}
+
+impl<I: AsyncRead> AsyncRead for Watched<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let r = this.inner.poll_read(cx, buf);
+        if r.is_ready() {
+            this.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<I: AsyncWrite> AsyncWrite for Watched<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write(cx, buf);
+        if r.is_ready() {
+            this.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let r = this.inner.poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            this.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,141 @@
+//! The immutable, config-derived view of the world that each request reads once: pools, their
+//! members, routing by `Host`, and the TLS config.
+//!
+//! A snapshot is built whole from a validated config and swapped whole (`arc_swap`), so a request
+//! never sees half of a reload. Backend runtime state is not owned here but borrowed from the
+//! registry (`pool.rs`), which is what lets it survive the swap.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+
+use crate::config::{Config, ConfigError, HostPattern, PoolConfig};
+use crate::pool::{Backend, Registry};
+
+/// A backend as one snapshot lists it: shared runtime state plus this config's settings for it.
+#[derive(Debug)]
+pub struct Member {
+    pub backend: Arc<Backend>,
+    pub weight: u32,
+    pub max_sessions: u32,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    pub config: PoolConfig,
+    pub members: Vec<Member>,
+    /// Rotating tie-break for least-loaded placement.
+    pub rotor: AtomicUsize,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub tls: Option<Arc<ServerConfig>>,
+    pub pools: Vec<Pool>,
+    router: Router,
+}
+
+impl Snapshot {
+    /// Builds a snapshot of `config`, reusing the registry's state for surviving backends.
+    /// Returns it with the backends that the config no longer lists.
+    pub fn build(
+        config: Config,
+        registry: &Registry,
+    ) -> Result<(Snapshot, Vec<Arc<Backend>>), ConfigError> {
+        let tls = crate::tls::server_config(&config)?;
+        let wanted: Vec<_> = config
+            .pools
+            .iter()
+            .flat_map(|p| {
+                p.backends
+                    .iter()
+                    .map(move |b| (p.name.as_str(), b.id.as_str(), b.address))
+            })
+            .collect();
+        let (states, gone) = registry.update(&wanted);
+        let mut states = states.into_iter();
+        let pools = config
+            .pools
+            .iter()
+            .map(|p| Pool {
+                config: p.clone(),
+                members: p
+                    .backends
+                    .iter()
+                    .zip(states.by_ref())
+                    .map(|(b, backend)| Member {
+                        backend,
+                        weight: b.weight,
+                        max_sessions: b.max_sessions,
+                    })
+                    .collect(),
+                rotor: AtomicUsize::new(0),
+            })
+            .collect();
+        let router = Router::new(&config.pools);
+        let snapshot = Snapshot {
+            config: Arc::new(config),
+            tls,
+            pools,
+            router,
+        };
+        Ok((snapshot, gone))
+    }
+
+    /// The pool serving `host` (no port, any case), if any.
+    pub fn route(&self, host: &str) -> Option<&Pool> {
+        self.router.route(host).map(|i| &self.pools[i])
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.config.name == name)
+    }
+}
+
+/// Host → pool index: exact names, then the longest matching `*.suffix`, then `*`.
+#[derive(Debug, Default)]
+struct Router {
+    exact: HashMap<String, usize>,
+    /// Longest suffix first.
+    suffixes: Vec<(String, usize)>,
+    any: Option<usize>,
+}
+
+impl Router {
+    fn new(pools: &[PoolConfig]) -> Router {
+        let mut r = Router::default();
+        for (i, p) in pools.iter().enumerate() {
+            for h in &p.hosts {
+                match h {
+                    HostPattern::Any => r.any = Some(i),
+                    HostPattern::Suffix(s) => r.suffixes.push((s.clone(), i)),
+                    HostPattern::Exact(e) => {
+                        r.exact.insert(e.clone(), i);
+                    }
+                }
+            }
+        }
+        r.suffixes.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        r
+    }
+
+    fn route(&self, host: &str) -> Option<usize> {
+        if !self.exact.is_empty() || !self.suffixes.is_empty() {
+            let host = host.to_ascii_lowercase();
+            if let Some(&i) = self.exact.get(&host) {
+                return Some(i);
+            }
+            if let Some((_, i)) = self
+                .suffixes
+                .iter()
+                .find(|(s, _)| host.ends_with(s.as_str()))
+            {
+                return Some(*i);
+            }
+        }
+        self.any
+    }
+}

@@ -1,0 +1,133 @@
+//! Bad configuration is refused with the key and the file named; `rtcgate check` says so too.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use rtcgate::config::Config;
+use support::*;
+
+/// A good config in a folder with its certificates; returns (folder, text).
+fn good() -> (TestCerts, String) {
+    let certs = make_certs();
+    let text = config_toml(&[("m1", "127.0.0.1:9001".parse().expect("addr"))], "", "");
+    (certs, text)
+}
+
+fn load(dir: &Path, text: &str) -> Result<Config, String> {
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).expect("write");
+    Config::load(&path).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_good_config_loads() {
+    let (certs, text) = good();
+    let c = load(certs.dir.path(), &text).expect("good config");
+    assert_eq!(c.pools.len(), 1);
+    assert_eq!(c.pools[0].backends[0].id, "m1");
+    assert_eq!(c.pools[0].max_sessions, 500, "default max_sessions");
+}
+
+#[test]
+fn each_bad_value_names_its_key_and_file() {
+    let (certs, text) = good();
+    let cases: &[(&str, &str, &str)] = &[
+        // (replace, with, key the error must name)
+        (
+            "[limits]\n",
+            "[limits]\nheader_read_timout = \"1s\"\n",
+            "header_read_timout",
+        ),
+        (
+            "address = \"127.0.0.1:9001\"",
+            "address = \"127.0.0.1:99999\"",
+            "pools.media.backends[0].address",
+        ),
+        (
+            "address = \"127.0.0.1:9001\"",
+            "address = \"media-1\"",
+            "pools.media.backends[0].address",
+        ),
+        (
+            "[limits]\n",
+            "[limits]\nconnect_timeout = \"5 parsecs\"\n",
+            "limits.connect_timeout",
+        ),
+        ("cert = \"cert.pem\"", "cert = \"missing.pem\"", "tls.cert"),
+        ("key = \"key.pem\"", "key = \"nokey.pem\"", "tls.key"),
+        (
+            "t1:test-secret-0123456789abcdef0123456789",
+            "t1:short",
+            "sticky.keys[0]",
+        ),
+        (
+            "hosts = [\"*\"]",
+            "hosts = [\"*\"]\nmax_sessions = 0",
+            "pools.media.max_sessions",
+        ),
+        (
+            "[[pools.media.backends]]",
+            "[pools.media.health]\ntimeout = \"5s\"\ninterval = \"1s\"\n[[pools.media.backends]]",
+            "pools.media.health.timeout",
+        ),
+        (
+            "https = \"127.0.0.1:0\"",
+            "https = \"127.0.0.1:0\"\nhttps2 = \"x\"",
+            "https2",
+        ),
+    ];
+    for (from, to, key) in cases {
+        assert!(text.contains(from), "test case does not apply: {from}");
+        let bad = text.replacen(from, to, 1);
+        let err = load(certs.dir.path(), &bad).expect_err(&format!("accepted: {to}"));
+        assert!(
+            err.contains(key),
+            "error for {to:?} does not name {key}: {err}"
+        );
+        assert!(
+            err.contains("proxy.toml"),
+            "error does not name the file: {err}"
+        );
+    }
+}
+
+#[test]
+fn rtcgate_check_exits_zero_on_good_and_names_the_key_on_bad() {
+    let (certs, text) = good();
+    let path = certs.dir.path().join("proxy.toml");
+    std::fs::write(&path, &text).expect("write");
+    let ok = Command::new(env!("CARGO_BIN_EXE_rtcgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run rtcgate check");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    std::fs::write(
+        &path,
+        text.replace("[limits]\n", "[limits]\nidle_timeout = \"soon\"\n"),
+    )
+    .expect("write");
+    let bad = Command::new(env!("CARGO_BIN_EXE_rtcgate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run rtcgate check");
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("limits.idle_timeout"), "{stderr}");
+}
+
+#[test]
+fn the_shipped_proxy_toml_is_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let c = Config::load(&root.join("proxy.toml")).unwrap_or_else(|e| panic!("{e}"));
+    rtcgate::tls::server_config(&c).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.pools[0].backends.len(), 3);
+}

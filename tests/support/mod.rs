@@ -1,0 +1,347 @@
+//! Test support: demo backends and a proxy on `127.0.0.1:0`, and real HTTP/1.1 and HTTP/2
+//! clients over TLS or plain TCP.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rtcgate::config::Config;
+use rtcgate::demo::DemoBackend;
+use rtcgate::proxy::Proxy;
+use rtcgate::server::{self, Listeners};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// Upper bound for any single step of a test; a step that takes longer is a hang.
+pub const STEP: Duration = Duration::from_secs(10);
+
+pub type ClientBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// Fails the test if `fut` takes longer than [`STEP`].
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(STEP, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no result within {STEP:?}"))
+}
+
+/// A demo backend on a fresh loopback port.
+pub async fn spawn_backend(id: &str) -> Arc<DemoBackend> {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    DemoBackend::spawn(id, l)
+}
+
+/// `n` demo backends named `b1`, `b2`, ….
+pub async fn spawn_backends(n: usize) -> Vec<Arc<DemoBackend>> {
+    let mut v = Vec::new();
+    for i in 1..=n {
+        v.push(spawn_backend(&format!("b{i}")).await);
+    }
+    v
+}
+
+/// A loopback address on which nothing listens (bound, then released).
+pub async fn dead_address() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A proxy.toml with one pool `media` over `backends`; `limits` lines go under `[limits]`,
+/// `pool` lines under `[pools.media]`.
+pub fn config_toml(backends: &[(&str, SocketAddr)], limits: &str, pool: &str) -> String {
+    let mut s = format!(
+        r#"
+[listen]
+https = "127.0.0.1:0"
+http = "127.0.0.1:0"
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+
+[sticky]
+keys = ["t1:test-secret-0123456789abcdef0123456789"]
+
+[limits]
+{limits}
+
+[pools.media]
+hosts = ["*"]
+{pool}
+"#
+    );
+    for (id, addr) in backends {
+        s.push_str(&format!(
+            "\n[[pools.media.backends]]\nid = \"{id}\"\naddress = \"{addr}\"\n"
+        ));
+    }
+    s
+}
+
+/// `config_toml` over running demo backends.
+pub fn config_for(backends: &[Arc<DemoBackend>], limits: &str) -> String {
+    let list: Vec<(&str, SocketAddr)> = backends.iter().map(|b| (b.id.as_str(), b.addr)).collect();
+    config_toml(&list, limits, "")
+}
+
+/// A test certificate for `localhost`, written into a temporary folder with the config.
+pub struct TestCerts {
+    pub dir: tempfile::TempDir,
+    pub cert_der: CertificateDer<'static>,
+}
+
+pub fn make_certs() -> TestCerts {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).expect("write cert");
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).expect("write key");
+    TestCerts {
+        cert_der: ck.cert.der().clone(),
+        dir,
+    }
+}
+
+/// A running proxy and what a test needs to reach and stop it.
+pub struct TestProxy {
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub proxy: Arc<Proxy>,
+    pub certs: TestCerts,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Starts a proxy with `toml` (as `config_toml` makes it) on fresh loopback ports.
+pub async fn spawn_proxy(toml: &str) -> TestProxy {
+    let certs = make_certs();
+    let path = certs.dir.path().join("proxy.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
+    let proxy = Proxy::new(config).unwrap_or_else(|e| panic!("proxy: {e}"));
+    let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
+    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
+    let (https_addr, http_addr) = (
+        https.local_addr().expect("addr"),
+        http.local_addr().expect("addr"),
+    );
+    let listeners = Listeners {
+        https: Some(https),
+        http: Some(http),
+        admin: None,
+    };
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listeners, proxy.clone(), async {
+        let _ = rx.await;
+    }));
+    TestProxy {
+        https: https_addr,
+        http: http_addr,
+        proxy,
+        certs,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl TestProxy {
+    /// Starts a graceful shutdown; returns the server task to await.
+    pub fn shutdown(&mut self) -> JoinHandle<anyhow::Result<()>> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("shut down once")
+    }
+
+    fn tls_config(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.certs.cert_der.clone()).expect("root");
+        let mut c = rustls::ClientConfig::builder_with_provider(rtcgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        c.alpn_protocols = vec![alpn.to_vec()];
+        Arc::new(c)
+    }
+
+    /// A TLS connection to the https listener, offering only `alpn`.
+    pub async fn tls_stream(&self, alpn: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let tcp = within("connect", TcpStream::connect(self.https))
+            .await
+            .expect("connect https");
+        let connector = tokio_rustls::TlsConnector::from(self.tls_config(alpn));
+        let name = ServerName::try_from("localhost").expect("name");
+        within("handshake", connector.connect(name, tcp))
+            .await
+            .expect("TLS handshake")
+    }
+
+    /// An HTTP/1.1 client over TLS.
+    pub async fn h1(&self) -> HttpClient {
+        let io = self.tls_stream(b"http/1.1").await;
+        HttpClient::h1(io, format!("localhost:{}", self.https.port()), "https").await
+    }
+
+    /// An HTTP/2 client over TLS (ALPN h2).
+    pub async fn h2(&self) -> HttpClient {
+        let io = self.tls_stream(b"h2").await;
+        HttpClient::h2(io, format!("localhost:{}", self.https.port())).await
+    }
+
+    /// An HTTP/1.1 client on the plain listener.
+    pub async fn h1_plain(&self) -> HttpClient {
+        let tcp = within("connect", TcpStream::connect(self.http))
+            .await
+            .expect("connect http");
+        HttpClient::h1(tcp, format!("localhost:{}", self.http.port()), "http").await
+    }
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<ClientBody>),
+    H2(hyper::client::conn::http2::SendRequest<ClientBody>),
+}
+
+/// One client connection, HTTP/1.1 or HTTP/2.
+pub struct HttpClient {
+    sender: Sender,
+    authority: String,
+    scheme: &'static str,
+}
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn backend(&self) -> &str {
+        self.header("x-backend-id").unwrap_or("")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+impl HttpClient {
+    pub async fn h1<I>(io: I, authority: String, scheme: &'static str) -> HttpClient
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = within(
+            "h1 handshake",
+            hyper::client::conn::http1::handshake(TokioIo::new(io)),
+        )
+        .await
+        .expect("h1 handshake");
+        tokio::spawn(conn);
+        HttpClient {
+            sender: Sender::H1(sender),
+            authority,
+            scheme,
+        }
+    }
+
+    pub async fn h2<I>(io: I, authority: String) -> HttpClient
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = within(
+            "h2 handshake",
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        HttpClient {
+            sender: Sender::H2(sender),
+            authority,
+            scheme: "https",
+        }
+    }
+
+    /// A request builder for `path` with the right target form for this protocol.
+    pub fn request(&self, method: &str, path: &str) -> http::request::Builder {
+        match self.sender {
+            Sender::H1(_) => Request::builder()
+                .method(method)
+                .uri(path)
+                .header(header::HOST, &self.authority),
+            Sender::H2(_) => Request::builder()
+                .method(method)
+                .version(Version::HTTP_2)
+                .uri(format!("{}://{}{path}", self.scheme, self.authority)),
+        }
+    }
+
+    /// Sends `req` and returns the response head with its body still streaming.
+    pub async fn send(
+        &mut self,
+        req: Request<ClientBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
+        match &mut self.sender {
+            Sender::H1(s) => {
+                within("h1 ready", s.ready()).await?;
+                within("h1 response", s.send_request(req)).await
+            }
+            Sender::H2(s) => {
+                within("h2 ready", s.ready()).await?;
+                within("h2 response", s.send_request(req)).await
+            }
+        }
+    }
+
+    /// Sends `req` and reads the whole response.
+    pub async fn fetch(&mut self, req: Request<ClientBody>) -> Reply {
+        let resp = self.send(req).await.expect("response");
+        let (parts, body) = resp.into_parts();
+        let body = within("response body", body.collect())
+            .await
+            .expect("body")
+            .to_bytes();
+        Reply {
+            status: parts.status,
+            version: parts.version,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// GET `path`.
+    pub async fn get(&mut self, path: &str) -> Reply {
+        let req = self.request("GET", path).body(empty()).expect("request");
+        self.fetch(req).await
+    }
+}
+
+pub fn empty() -> ClientBody {
+    UnsyncBoxBody::new(Empty::new().map_err(|never| match never {}))
+}
+
+pub fn full(data: impl Into<Bytes>) -> ClientBody {
+    UnsyncBoxBody::new(Full::new(data.into()).map_err(|never| match never {}))
+}
