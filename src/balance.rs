@@ -1,21 +1,28 @@
-//! Placement over a snapshot's pool: which backend a new user goes to. No I/O, no clocks.
+//! Placement over a snapshot's pool: which backend a request goes to. No I/O, no clocks.
 //!
-//! Least load per weight among eligible backends, with a rotating start so that idle backends
-//! share new clients instead of the first one taking them all. Sticky pins and rooms build on
-//! [`eligible`] and this module's rejection reasons.
+//! In order: a request naming a room goes to the room's backend (rendezvous hashing over the
+//! eligible backends, skipping overloaded ones), and the cookie follows the room; a verified pin
+//! to a serving backend is honoured, even when that backend is full or draining; everyone else
+//! goes to the eligible backend with the least load per weight, ties rotating. Because rooms
+//! hash on names and ids and pins travel in the cookie, two rtcgate instances with the same
+//! config decide alike without talking to each other.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
+use crate::config::WhenDown;
 use crate::pool::AdminState;
-use crate::snapshot::Member;
+use crate::snapshot::{Member, Pool};
+use crate::sticky::Pin;
 
-/// Why no backend could take a new user.
+/// Why no backend could take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
     /// Backends are up, but every one is at its `max_sessions`.
     Full,
     /// No backend is up and enabled.
     NoBackend,
+    /// The pinned backend is down and `when_down = "reject"`.
+    Down,
 }
 
 impl Rejection {
@@ -24,51 +31,363 @@ impl Rejection {
         match self {
             Rejection::Full => "full",
             Rejection::NoBackend => "no_backend",
+            Rejection::Down => "down",
         }
     }
 }
 
-/// Whether `m` can take a new pin: up, enabled and below its session cap.
+/// What happened to the request's pin: the `outcome` label of `rtcgate_sticky_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No cookie: placed afresh.
+    New,
+    /// The cookie's backend took the request.
+    Hit,
+    /// A valid pin moved: its backend was down, or the room lives elsewhere.
+    Repinned,
+    /// A cookie that did not verify, or named no backend of the pool: placed afresh.
+    Invalid,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::New => "new",
+            Outcome::Hit => "hit",
+            Outcome::Repinned => "repinned",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// Where a request goes, and whether the client needs a new cookie for it.
+#[derive(Debug)]
+pub struct Placement<'a> {
+    pub member: &'a Member,
+    pub outcome: Outcome,
+    /// Issue `Set-Cookie`: the pin is new or changed, or due for a refresh.
+    pub set_cookie: bool,
+}
+
+/// Whether a backend takes traffic from users already pinned to it: up and not in maintenance
+/// (draining backends keep their users).
+pub fn serving(m: &Member) -> bool {
+    m.backend.is_up() && m.backend.admin() != AdminState::Maint
+}
+
+/// Whether a backend can take a new pin: up, enabled and below its session cap.
 pub fn eligible(m: &Member) -> bool {
     let b = &m.backend;
     b.is_up() && b.admin() == AdminState::Enabled && b.sessions() < m.max_sessions
 }
 
+/// Places a request on `pool`, given its cookie's pin and the room it names.
+pub fn place<'a>(
+    pool: &'a Pool,
+    pin: Pin<'_>,
+    room: Option<&str>,
+    when_down: WhenDown,
+) -> Result<Placement<'a>, Rejection> {
+    let (pinned, refresh) = match pin {
+        Pin::Valid { backend, refresh } => (pool.member(backend), refresh),
+        _ => (None, false),
+    };
+    // A pin to a backend the pool does not know is as good as no pin, but counts as invalid.
+    let afresh = match (pin, pinned) {
+        (Pin::None, _) => Outcome::New,
+        (Pin::Valid { .. }, Some(_)) => Outcome::Repinned,
+        _ => Outcome::Invalid,
+    };
+    if let Some(room) = room {
+        let member = room_backend(pool, room, pinned)?;
+        let same = pinned.is_some_and(|p| std::ptr::eq(p, member));
+        return Ok(Placement {
+            member,
+            outcome: if same { Outcome::Hit } else { afresh },
+            set_cookie: !same || refresh,
+        });
+    }
+    match pinned {
+        Some(m) if serving(m) => Ok(Placement {
+            member: m,
+            outcome: Outcome::Hit,
+            set_cookie: refresh,
+        }),
+        Some(_) if when_down == WhenDown::Reject => Err(Rejection::Down),
+        _ => Ok(Placement {
+            member: least_loaded(pool)?,
+            outcome: afresh,
+            set_cookie: true,
+        }),
+    }
+}
+
 /// The eligible member with the least load per weight; ties go to the first at or after a
-/// rotating start.
-pub fn least_loaded<'a>(
-    members: &'a [Member],
-    rotor: &AtomicUsize,
-) -> Result<&'a Member, Rejection> {
+/// rotating start, so idle backends share new users.
+pub fn least_loaded(pool: &Pool) -> Result<&Member, Rejection> {
+    let members = &pool.members;
     let n = members.len();
     if n == 0 {
         return Err(Rejection::NoBackend);
     }
-    let start = rotor.fetch_add(1, Ordering::Relaxed) % n;
+    let start = pool.rotor.fetch_add(1, Ordering::Relaxed) % n;
     let mut best: Option<(&Member, u64)> = None;
-    let mut any_serving = false;
     for i in 0..n {
         let m = &members[(start + i) % n];
-        let b = &m.backend;
-        if b.is_up() && b.admin() == AdminState::Enabled {
-            any_serving = true;
-        }
         if !eligible(m) {
             continue;
         }
-        let load = u64::from(b.load());
-        // Compare load/weight as load * other_weight to stay in integers.
-        let better = match best {
-            None => true,
-            Some((bm, bl)) => load * u64::from(bm.weight) < bl * u64::from(m.weight),
-        };
+        let load = u64::from(m.backend.load());
+        // load / weight < best_load / best_weight, in integers.
+        let better =
+            best.is_none_or(|(bm, bl)| load * u64::from(bm.weight) < bl * u64::from(m.weight));
         if better {
             best = Some((m, load));
         }
     }
-    match best {
-        Some((m, _)) => Ok(m),
-        None if any_serving => Err(Rejection::Full),
-        None => Err(Rejection::NoBackend),
+    best.map(|(m, _)| m).ok_or_else(|| no_room_reason(pool))
+}
+
+/// Full when backends are serving but none can take a new pin; otherwise nothing is up.
+fn no_room_reason(pool: &Pool) -> Rejection {
+    if pool
+        .members
+        .iter()
+        .any(|m| m.backend.is_up() && m.backend.admin() == AdminState::Enabled)
+    {
+        Rejection::Full
+    } else {
+        Rejection::NoBackend
+    }
+}
+
+/// The backend of `room`: members ranked by rendezvous score, the first that can take the user.
+/// A member can if it is eligible and not overloaded, or if it is the user's own serving pin.
+/// Overloaded follows HAProxy's `hash-balance-factor`: load at or over
+/// `ceil(factor × (total load + 1) × weight / total weight)` over the eligible members.
+fn room_backend<'a>(
+    pool: &'a Pool,
+    room: &str,
+    pinned: Option<&Member>,
+) -> Result<&'a Member, Rejection> {
+    let (mut total_load, mut total_weight) = (0u64, 0u64);
+    for m in pool.members.iter().filter(|m| eligible(m)) {
+        total_load += u64::from(m.backend.load());
+        total_weight += u64::from(m.weight);
+    }
+    let factor = pool.config.room_balance_factor;
+    let can_take = |m: &Member| {
+        if pinned.is_some_and(|p| std::ptr::eq(p, m)) && serving(m) {
+            return true;
+        }
+        if !eligible(m) {
+            return false;
+        }
+        let share = u64::from(m.weight) as f64 / total_weight as f64;
+        let slots = (factor * (total_load + 1) as f64 * share).ceil();
+        (m.backend.load() as f64) < slots
+    };
+    let room_hash = xxhash_rust::xxh3::xxh3_64(room.as_bytes());
+    let score = |m: &Member| -> f64 {
+        let h = xxhash_rust::xxh3::xxh3_64_with_seed(&room_hash.to_le_bytes(), m.id_hash);
+        if pool.uniform_weight {
+            return h as f64;
+        }
+        // Weighted rendezvous: -w / ln(u), u uniform in (0, 1).
+        let u = (h as f64 + 0.5) / 18_446_744_073_709_551_616.0;
+        -f64::from(m.weight) / u.ln()
+    };
+    let mut ranked: Vec<(f64, &Member)> = pool.members.iter().map(|m| (score(m), m)).collect();
+    ranked.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+    ranked
+        .iter()
+        .map(|&(_, m)| m)
+        .find(|m| can_take(m))
+        .ok_or_else(|| no_room_reason(pool))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HealthConfig, PoolConfig};
+    use crate::pool::Backend;
+    use std::time::Duration;
+
+    fn pool(n: usize) -> Pool {
+        let members = (0..n)
+            .map(|i| {
+                let b = Backend::new(
+                    "media",
+                    &format!("m{i}"),
+                    ([127, 0, 0, 1], 9000 + i as u16).into(),
+                );
+                Member::new(b, 1, 2)
+            })
+            .collect();
+        let config = PoolConfig {
+            name: "media".into(),
+            hosts: vec![],
+            room_param: Some("room".into()),
+            room_balance_factor: 1.25,
+            max_sessions: 2,
+            drain_timeout: Duration::from_secs(1),
+            health: HealthConfig {
+                path: None,
+                interval: Duration::from_secs(1),
+                timeout: Duration::from_secs(1),
+                rise: 1,
+                fall: 1,
+            },
+            backends: vec![],
+        };
+        Pool::new(config, members)
+    }
+
+    fn valid(id: &str) -> Pin<'_> {
+        Pin::Valid {
+            backend: id,
+            refresh: false,
+        }
+    }
+
+    #[test]
+    fn a_pin_to_a_full_or_draining_backend_is_honoured() {
+        let p = pool(3);
+        let m1 = &p.members[1].backend;
+        let _s: Vec<_> = (0..2).map(|_| m1.open_session()).collect();
+        let got = place(&p, valid("m1"), None, WhenDown::Repin).expect("placed");
+        assert_eq!(
+            (&*got.member.backend.id, got.outcome, got.set_cookie),
+            ("m1", Outcome::Hit, false)
+        );
+        m1.set_admin(AdminState::Draining);
+        assert_eq!(
+            place(&p, valid("m1"), None, WhenDown::Repin)
+                .expect("placed")
+                .outcome,
+            Outcome::Hit
+        );
+        // New users avoid it.
+        for _ in 0..6 {
+            assert_ne!(
+                &*place(&p, Pin::None, None, WhenDown::Repin)
+                    .expect("placed")
+                    .member
+                    .backend
+                    .id,
+                "m1"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pin_to_a_down_backend_repins_or_rejects() {
+        let p = pool(3);
+        p.members[0].backend.set_up(false);
+        let got = place(&p, valid("m0"), None, WhenDown::Repin).expect("placed");
+        assert_ne!(&*got.member.backend.id, "m0");
+        assert_eq!((got.outcome, got.set_cookie), (Outcome::Repinned, true));
+        assert_eq!(
+            place(&p, valid("m0"), None, WhenDown::Reject).err(),
+            Some(Rejection::Down)
+        );
+        p.members[1].backend.set_admin(AdminState::Maint);
+        assert_eq!(
+            place(&p, valid("m1"), None, WhenDown::Reject).err(),
+            Some(Rejection::Down)
+        );
+    }
+
+    #[test]
+    fn unknown_backend_and_invalid_cookies_are_placed_afresh() {
+        let p = pool(2);
+        assert_eq!(
+            place(&p, valid("gone"), None, WhenDown::Reject)
+                .expect("placed")
+                .outcome,
+            Outcome::Invalid
+        );
+        assert_eq!(
+            place(&p, Pin::Invalid, None, WhenDown::Reject)
+                .expect("placed")
+                .outcome,
+            Outcome::Invalid
+        );
+    }
+
+    #[test]
+    fn full_and_no_backend_are_told_apart() {
+        let p = pool(2);
+        let _s: Vec<_> = p
+            .members
+            .iter()
+            .flat_map(|m| [m.backend.open_session(), m.backend.open_session()])
+            .collect();
+        assert_eq!(
+            place(&p, Pin::None, None, WhenDown::Repin).err(),
+            Some(Rejection::Full)
+        );
+        for m in &p.members {
+            m.backend.set_up(false);
+        }
+        assert_eq!(
+            place(&p, Pin::None, None, WhenDown::Repin).err(),
+            Some(Rejection::NoBackend)
+        );
+    }
+
+    #[test]
+    fn a_room_decides_over_the_cookie_and_is_stable() {
+        let p = pool(3);
+        let home = place(&p, Pin::None, Some("standup"), WhenDown::Repin)
+            .expect("placed")
+            .member
+            .backend
+            .id
+            .clone();
+        for _ in 0..10 {
+            assert_eq!(
+                place(&p, Pin::None, Some("standup"), WhenDown::Repin)
+                    .expect("placed")
+                    .member
+                    .backend
+                    .id,
+                home
+            );
+        }
+        let other = p
+            .members
+            .iter()
+            .find(|m| m.backend.id != home)
+            .expect("other");
+        let got = place(
+            &p,
+            valid(&other.backend.id),
+            Some("standup"),
+            WhenDown::Repin,
+        )
+        .expect("placed");
+        assert_eq!(
+            (got.member.backend.id.clone(), got.outcome, got.set_cookie),
+            (home.clone(), Outcome::Repinned, true)
+        );
+        let got = place(&p, valid(&home), Some("standup"), WhenDown::Repin).expect("placed");
+        assert_eq!((got.outcome, got.set_cookie), (Outcome::Hit, false));
+    }
+
+    #[test]
+    fn a_room_skips_an_overloaded_backend() {
+        let p = pool(3);
+        let home = place(&p, Pin::None, Some("big"), WhenDown::Repin)
+            .expect("placed")
+            .member;
+        let _busy: Vec<_> = (0..10).map(|_| home.backend.start_request()).collect();
+        let moved = place(&p, Pin::None, Some("big"), WhenDown::Repin)
+            .expect("placed")
+            .member;
+        assert!(
+            !std::ptr::eq(home, moved),
+            "an overloaded room backend should be skipped"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! | [`proxy`] | one request: route → place → forward → respond; header hygiene; error mapping |
 //! | [`balance`] | placement over a snapshot's pool; no I/O |
 //! | [`snapshot`] | the immutable config-derived view swapped whole by `arc_swap` |
+//! | [`sticky`] | the signed session cookie: sign, verify, rotate, strip, Set-Cookie |
 //! | [`pool`] | backend runtime state and the registry that outlives snapshots |
 //! | [`demo`] | built-in demo backends for `rtcgate demo` and the tests |
 //!
@@ -24,4 +25,5 @@ pub mod pool;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
+pub mod sticky;
 pub mod tls;

@@ -5,6 +5,7 @@
 //! choice of backend is `balance.rs`'s; this file turns a client request into a backend request
 //! and the backend's answer (or failure) into the client's response.
 
+use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,10 +24,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::balance::{self, Rejection};
+use crate::balance::{self, Outcome, Rejection};
 use crate::config::{Config, ConfigError, Limits};
 use crate::pool::{Backend, InFlight, Registry};
 use crate::snapshot::Snapshot;
+use crate::sticky;
 
 /// Body sent to backends: the client's, or empty for requests rtcgate makes or replays.
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -81,6 +83,7 @@ impl ProxyError {
             ProxyError::NoRoute(_) => "no service is configured for this host",
             ProxyError::Rejected(Rejection::Full) => "every server is full; retry later",
             ProxyError::Rejected(Rejection::NoBackend) => "no server is available; retry later",
+            ProxyError::Rejected(Rejection::Down) => "your server is down; retry later",
             ProxyError::Backend { .. } => "the server could not be reached",
             ProxyError::Timeout { .. } => "the server did not answer in time",
         }
@@ -149,10 +152,10 @@ impl Proxy {
         let started = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
+        let mut req = req;
         let (access_log, result) = {
             let snap = self.snapshot.load();
-            let access = snap.config.log.access;
-            (access, self.place(&snap, &req))
+            (snap.config.log.access, self.place(&snap, &mut req, conn))
         };
         let (resp, backend) = match result {
             Ok(placed) => {
@@ -181,17 +184,34 @@ impl Proxy {
         resp
     }
 
-    /// Chooses the backend for `req` from one snapshot; the guard ends with this call.
-    fn place(&self, snap: &Snapshot, req: &Request<Incoming>) -> Result<Placed, ProxyError> {
+    /// Chooses the backend for `req` from one snapshot (the guard ends with this call), and
+    /// takes the proxy's own cookie out of the request.
+    fn place(
+        &self,
+        snap: &Snapshot,
+        req: &mut Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Result<Placed, ProxyError> {
         let host = request_host(req).ok_or(ProxyError::BadRequest("the request names no host"))?;
         let pool = snap
             .route(strip_port(host))
             .ok_or_else(|| ProxyError::NoRoute(host.to_string()))?;
-        let member =
-            balance::least_loaded(&pool.members, &pool.rotor).map_err(ProxyError::Rejected)?;
+        let now = sticky::unix_now();
+        let pin = snap.sticky.pin(req.headers(), &pool.config.name, now);
+        let room = room_of(req, pool.config.room_param.as_deref());
+        let placed = balance::place(pool, pin, room.as_deref(), snap.sticky.when_down)
+            .map_err(ProxyError::Rejected)?;
+        let backend = &placed.member.backend;
+        let set_cookie = placed.set_cookie.then(|| {
+            snap.sticky
+                .set_cookie(&pool.config.name, &backend.id, now, conn.tls)
+        });
+        snap.sticky.strip(req.headers_mut());
         Ok(Placed {
-            inflight: member.backend.start_request(),
-            backend: member.backend.clone(),
+            inflight: backend.start_request(),
+            backend: backend.clone(),
+            outcome: placed.outcome,
+            set_cookie,
             response_timeout: snap.config.limits.response_timeout,
         })
     }
@@ -217,6 +237,9 @@ impl Proxy {
             }
         };
         strip_hop_by_hop(resp.headers_mut());
+        if let Some(cookie) = placed.set_cookie {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
         Ok(resp.map(|body| {
             Either::Left(Tracked {
                 inner: body,
@@ -230,6 +253,11 @@ impl Proxy {
 struct Placed {
     backend: Arc<Backend>,
     inflight: InFlight,
+    /// What became of the request's pin.
+    #[allow(dead_code)] // counted by the metrics
+    outcome: Outcome,
+    /// `Set-Cookie` for the response, when the pin is new or changed.
+    set_cookie: Option<HeaderValue>,
     response_timeout: Duration,
 }
 
@@ -246,6 +274,23 @@ fn upstream_client(limits: &Limits) -> Client<HttpConnector, UpstreamBody> {
         // The client's Host is forwarded as is; the URI only tells the pool where to connect.
         .set_host(false)
         .build(http)
+}
+
+/// The room a request names: the pool's room query parameter, else the `X-Rtcgate-Room` header.
+fn room_of<'r, B>(req: &'r Request<B>, param: Option<&str>) -> Option<Cow<'r, str>> {
+    let from_query = param.and_then(|param| {
+        form_urlencoded::parse(req.uri().query()?.as_bytes())
+            .find(|(k, _)| k == param)
+            .map(|(_, v)| v)
+    });
+    from_query
+        .or_else(|| {
+            req.headers()
+                .get(&X_RTCGATE_ROOM)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| Cow::Borrowed(v.trim()))
+        })
+        .filter(|r| !r.is_empty())
 }
 
 /// The host a request is for: the HTTP/2 `:authority` or the HTTP/1.1 `Host` header.
@@ -355,6 +400,7 @@ fn join_cookies(headers: &mut HeaderMap) {
     }
 }
 
+static X_RTCGATE_ROOM: HeaderName = HeaderName::from_static("x-rtcgate-room");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

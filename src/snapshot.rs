@@ -13,6 +13,7 @@ use rustls::ServerConfig;
 
 use crate::config::{Config, ConfigError, HostPattern, PoolConfig};
 use crate::pool::{Backend, Registry};
+use crate::sticky::StickyCookie;
 
 /// A backend as one snapshot lists it: shared runtime state plus this config's settings for it.
 #[derive(Debug)]
@@ -20,20 +21,61 @@ pub struct Member {
     pub backend: Arc<Backend>,
     pub weight: u32,
     pub max_sessions: u32,
+    /// Hash of the backend's id, the per-backend half of a room's rendezvous score.
+    pub id_hash: u64,
+}
+
+impl Member {
+    pub fn new(backend: Arc<Backend>, weight: u32, max_sessions: u32) -> Member {
+        Member {
+            id_hash: xxhash_rust::xxh3::xxh3_64(backend.id.as_bytes()),
+            backend,
+            weight,
+            max_sessions,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Pool {
     pub config: PoolConfig,
     pub members: Vec<Member>,
+    /// Member index by backend id, for cookie lookups.
+    by_id: HashMap<Arc<str>, usize>,
+    /// Whether every member has the same weight (rendezvous can then skip the logarithm).
+    pub uniform_weight: bool,
     /// Rotating tie-break for least-loaded placement.
     pub rotor: AtomicUsize,
+}
+
+impl Pool {
+    pub fn new(config: PoolConfig, members: Vec<Member>) -> Pool {
+        let by_id = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.backend.id.clone(), i))
+            .collect();
+        let uniform_weight = members.windows(2).all(|w| w[0].weight == w[1].weight);
+        Pool {
+            config,
+            members,
+            by_id,
+            uniform_weight,
+            rotor: AtomicUsize::new(0),
+        }
+    }
+
+    /// The member whose backend has this id.
+    pub fn member(&self, id: &str) -> Option<&Member> {
+        self.by_id.get(id).map(|&i| &self.members[i])
+    }
 }
 
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub tls: Option<Arc<ServerConfig>>,
+    pub sticky: StickyCookie,
     pub pools: Vec<Pool>,
     router: Router,
 }
@@ -60,23 +102,19 @@ impl Snapshot {
         let pools = config
             .pools
             .iter()
-            .map(|p| Pool {
-                config: p.clone(),
-                members: p
+            .map(|p| {
+                let members = p
                     .backends
                     .iter()
                     .zip(states.by_ref())
-                    .map(|(b, backend)| Member {
-                        backend,
-                        weight: b.weight,
-                        max_sessions: b.max_sessions,
-                    })
-                    .collect(),
-                rotor: AtomicUsize::new(0),
+                    .map(|(b, backend)| Member::new(backend, b.weight, b.max_sessions))
+                    .collect();
+                Pool::new(p.clone(), members)
             })
             .collect();
         let router = Router::new(&config.pools);
         let snapshot = Snapshot {
+            sticky: StickyCookie::new(&config.sticky),
             config: Arc::new(config),
             tls,
             pools,

@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# compare_haproxy.sh - HTTP/1.1 keep-alive load benchmark: rtcgate vs HAProxy 2.6.
+#
+# What it measures
+#   Requests/sec and p99 latency of a tiny GET (`200 "backend-N\n"`) through
+#     (a) one nginx backend directly (reference: the ceiling wrk + nginx reach here),
+#     (b) rtcgate (release build, plain HTTP listener, 3 backends, sticky cookie),
+#     (c) HAProxy 2.6 (nbthread 2, leastconn, `cookie SRV insert`, http-reuse always),
+#   all with `wrk -t1 -c64 --latency` on 127.0.0.1. wrk sends no cookie, so every request
+#   is a "new client": both proxies pick a backend and insert a sticky cookie each time.
+#   Three nginx `server` blocks in ONE nginx worker process act as the three backends.
+#
+# How to run (from the repo root, as root, Debian 12)
+#   bash benches/compare_haproxy.sh            # plain HTTP (the main result)
+#   bash benches/compare_haproxy.sh --tls      # proxies terminate TLS with certs/localhost.*
+#   DURATION=20 ROUNDS=5 bash benches/compare_haproxy.sh
+#   Missing tools (wrk, haproxy, nginx-light, curl, python3) are installed with apt-get.
+#
+# Environment
+#   DURATION  seconds per measured wrk run (default 10)
+#   ROUNDS    measured rounds per target (default 3); the median over rounds is reported.
+#             The order rtcgate/haproxy alternates each round; each target gets one
+#             discarded 2 s warm-up run before its first round.
+#
+# Read the RATIOS, not the absolute numbers
+#   The machine is shared and noisy (2 cores): wrk, the proxy under test and nginx all
+#   compete for the same CPUs, so absolute figures move from run to run. Both proxies face
+#   the same handicap in the same run, which is why the result is reported as ratios
+#   (rtcgate/haproxy, rtcgate/direct) measured back to back, with alternating order.
+#   The last line is machine-readable:
+#   RESULT rtcgate_rps=... haproxy_rps=... ratio_rps=... rtcgate_p99_ms=... haproxy_p99_ms=... ratio_p99=...
+#
+# Everything binds to 127.0.0.1 on free ports chosen at run time; every process started
+# here is killed and the temp dir removed on exit (also on error or Ctrl-C).
+set -euo pipefail
+
+DURATION="${DURATION:-10}"
+ROUNDS="${ROUNDS:-3}"
+WARMUP=2
+CONNS=64
+TLS=0
+for arg in "$@"; do
+    case "$arg" in
+        --tls) TLS=1 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $arg (only --tls is accepted)" >&2; exit 2 ;;
+    esac
+done
+[[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 ]] || { echo "DURATION must be a positive integer" >&2; exit 2; }
+[[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 1 ]] || { echo "ROUNDS must be a positive integer" >&2; exit 2; }
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- 1. dependencies
+need=()
+command -v wrk     >/dev/null 2>&1 || need+=(wrk)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v nginx   >/dev/null 2>&1 || need+=(nginx-light)
+command -v curl    >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if ((${#need[@]})); then
+    log "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
+fi
+# Debian's haproxy/nginx packages start system services on install; those use their own
+# ports/configs and are left alone. Everything below runs private instances.
+
+# ---------------------------------------------------------------- 2. build
+log "cargo build --release"
+cargo build --release
+BIN="$REPO/target/release/rtcgate"
+[[ -x "$BIN" ]] || { echo "no binary at $BIN" >&2; exit 1; }
+
+# ---------------------------------------------------------------- temp dir + cleanup
+TMP="$(mktemp -d /tmp/rtcgate-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 30); do
+        local alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- 3. free ports
+# Bind all sockets at once so the kernel hands out distinct ports, then release them.
+read -r P1 P2 P3 RTC_HTTP RTC_HTTPS HAP_PORT < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(6)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in ss))
+for s in ss: s.close()')
+log "ports: backends $P1 $P2 $P3, rtcgate $RTC_HTTP/$RTC_HTTPS, haproxy $HAP_PORT"
+
+# wait_ready URL [curl opts...]: polls for a 200 carrying a backend body, ~10 s max.
+wait_ready() {
+    local url=$1 pid=$2 name=$3; shift 3
+    local i body
+    for i in $(seq 100); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$name exited during start-up; its log:" >&2
+            cat "$TMP/$name.log" >&2 || true
+            exit 1
+        fi
+        body=$(curl -s -m 1 "$@" "$url" 2>/dev/null || true)
+        [[ "$body" == backend-* ]] && return 0
+        sleep 0.1
+    done
+    echo "$name not ready at $url after 10 s; its log:" >&2
+    cat "$TMP/$name.log" >&2 || true
+    exit 1
+}
+
+# ---------------------------------------------------------------- 4. backends (nginx)
+mkdir -p "$TMP/nginx/logs"
+temp_paths="client_body_temp_path $TMP/nginx/body; proxy_temp_path $TMP/nginx/proxy;"
+nginx_v="$(nginx -V 2>&1)"
+for m in fastcgi uwsgi scgi; do
+    grep -q -- "--without-http_${m}_module" <<<"$nginx_v" || temp_paths+=" ${m}_temp_path $TMP/nginx/$m;"
+done
+{
+    echo "worker_processes 1;"
+    echo "daemon off;"
+    echo "pid $TMP/nginx/nginx.pid;"
+    echo "error_log $TMP/nginx.log warn;"
+    echo "events { worker_connections 4096; }"
+    echo "http {"
+    echo "  access_log off;"
+    echo "  $temp_paths"
+    echo "  keepalive_requests 100000;"
+    echo "  keepalive_timeout 120s;"
+    echo "  default_type text/plain;"
+    n=1
+    for p in "$P1" "$P2" "$P3"; do
+        echo "  server { listen 127.0.0.1:$p; location / { return 200 \"backend-$n\\n\"; } }"
+        n=$((n + 1))
+    done
+    echo "}"
+} >"$TMP/nginx.conf"
+nginx -e "$TMP/nginx.log" -p "$TMP/nginx" -c "$TMP/nginx.conf" >>"$TMP/nginx.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+for p in "$P1" "$P2" "$P3"; do wait_ready "http://127.0.0.1:$p/" "$NGINX_PID" nginx; done
+log "nginx ready (pid $NGINX_PID)"
+
+# ---------------------------------------------------------------- 5. rtcgate
+{
+    echo "[listen]"
+    echo "http  = \"127.0.0.1:$RTC_HTTP\""
+    if ((TLS)); then
+        echo "https = \"127.0.0.1:$RTC_HTTPS\""
+        echo
+        echo "[tls]"
+        echo "cert = \"$REPO/certs/localhost.crt\""
+        echo "key  = \"$REPO/certs/localhost.key\""
+    fi
+    echo
+    echo "[sticky]"
+    echo 'keys = ["k1:bench-secret-0123456789abcdef0123456789"]'
+    echo
+    echo "[pools.media]"
+    echo 'hosts = ["*"]'
+    echo "[pools.media.health]"
+    echo 'path = "/"'
+    n=1
+    for p in "$P1" "$P2" "$P3"; do
+        echo
+        echo "[[pools.media.backends]]"
+        echo "id = \"b$n\""
+        echo "address = \"127.0.0.1:$p\""
+        n=$((n + 1))
+    done
+} >"$TMP/proxy.toml"
+RUST_LOG=warn "$BIN" --config "$TMP/proxy.toml" >"$TMP/rtcgate.log" 2>&1 &
+RTC_PID=$!
+PIDS+=("$RTC_PID")
+if ((TLS)); then
+    RTC_URL="https://127.0.0.1:$RTC_HTTPS/"
+    wait_ready "$RTC_URL" "$RTC_PID" rtcgate -k
+else
+    RTC_URL="http://127.0.0.1:$RTC_HTTP/"
+    wait_ready "$RTC_URL" "$RTC_PID" rtcgate
+fi
+log "rtcgate ready (pid $RTC_PID)"
+
+# ---------------------------------------------------------------- 6. HAProxy
+# HAProxy refuses to start when it cannot get ~2*maxconn FDs. Raise the soft limit to the
+# hard one; if even that is too low (some containers cap it at 20000), shrink maxconn to
+# fit. Only 64 connections are used, so this changes nothing measured.
+HAP_MAXCONN=20000
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+fd_limit=$(ulimit -n)
+if [[ "$fd_limit" != unlimited ]] && ((fd_limit < 2 * HAP_MAXCONN + 100)); then
+    HAP_MAXCONN=$(((fd_limit - 100) / 2))
+    log "fd limit $fd_limit: haproxy maxconn lowered to $HAP_MAXCONN"
+fi
+bind_line="bind 127.0.0.1:$HAP_PORT"
+if ((TLS)); then
+    cat "$REPO/certs/localhost.crt" "$REPO/certs/localhost.key" >"$TMP/haproxy.pem"
+    bind_line+=" ssl crt $TMP/haproxy.pem"
+fi
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 2
+    maxconn $HAP_MAXCONN
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend fe
+    $bind_line
+    default_backend media
+
+backend media
+    balance leastconn
+    cookie SRV insert indirect nocache
+    server b1 127.0.0.1:$P1 cookie b1
+    server b2 127.0.0.1:$P2 cookie b2
+    server b3 127.0.0.1:$P3 cookie b3
+EOF
+haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
+HAP_PID=$!
+PIDS+=("$HAP_PID")
+if ((TLS)); then
+    HAP_URL="https://127.0.0.1:$HAP_PORT/"
+    wait_ready "$HAP_URL" "$HAP_PID" haproxy -k
+else
+    HAP_URL="http://127.0.0.1:$HAP_PORT/"
+    wait_ready "$HAP_URL" "$HAP_PID" haproxy
+fi
+log "haproxy ready (pid $HAP_PID)"
+
+# ---------------------------------------------------------------- 7. measure
+DIRECT_URL="http://127.0.0.1:$P1/"
+declare -A URL=([direct]="$DIRECT_URL" [rtcgate]="$RTC_URL" [haproxy]="$HAP_URL")
+declare -A PROC=([direct]="" [rtcgate]="$RTC_PID" [haproxy]="$HAP_PID")
+declare -A WARMED=()
+
+# CPU time (user+sys, clock ticks, all threads) of a process.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+run_wrk() { # target round
+    local t=$1 r=$2 out="$TMP/wrk.$1.$2.txt" c0=0 c1=0
+    if [[ -z "${WARMED[$t]:-}" ]]; then
+        timeout $((WARMUP + 15)) wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${URL[$t]}" >/dev/null 2>&1 || true
+        WARMED[$t]=1
+    fi
+    [[ -n "${PROC[$t]}" ]] && c0=$(cpu_ticks "${PROC[$t]}")
+    timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${URL[$t]}" >"$out" 2>&1 \
+        || { echo "wrk against $t failed:" >&2; cat "$out" >&2; exit 1; }
+    [[ -n "${PROC[$t]}" ]] && c1=$(cpu_ticks "${PROC[$t]}")
+    echo "cpu_ticks $((c1 - c0))" >>"$out"
+    log "round $r $t: $(grep -m1 'Requests/sec' "$out" | tr -s ' ')  p99 $(awk '$1 == "99%" {print $2}' "$out")"
+}
+
+log "measuring: ${ROUNDS} rounds x ${DURATION}s per target, wrk -t1 -c$CONNS$( ((TLS)) && echo ', proxies over TLS')"
+for r in $(seq "$ROUNDS"); do
+    run_wrk direct "$r"
+    if ((r % 2)); then run_wrk rtcgate "$r"; run_wrk haproxy "$r"
+    else run_wrk haproxy "$r"; run_wrk rtcgate "$r"; fi
+done
+
+# ---------------------------------------------------------------- 8. report
+# rtcgate's own log at warn level first (empty in a clean run), so RESULT lines stay last.
+if [[ -s "$TMP/rtcgate.log" ]]; then
+    echo
+    echo "rtcgate log ($(wc -l <"$TMP/rtcgate.log") lines, first 10):"
+    head -n 10 "$TMP/rtcgate.log"
+fi
+echo
+((TLS)) && echo "mode: proxies terminate TLS (wrk -> https); direct = plain HTTP to one nginx backend" \
+         || echo "mode: plain HTTP/1.1 keep-alive"
+echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds, median shown; $(nproc) CPUs shared by wrk, proxy and nginx"
+python3 - "$TMP" "$ROUNDS" "$(getconf CLK_TCK)" <<'PY'
+import re, statistics, sys, glob
+tmp, rounds, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+unit = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+def parse(path):
+    txt = open(path).read()
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", txt).group(1))
+    m = re.search(r"^\s*99%\s+([\d.]+)(us|ms|s|m)\s*$", txt, re.M)
+    p99 = float(m.group(1)) * unit[m.group(2)]
+    reqs = int(re.search(r"(\d+) requests in", txt).group(1))
+    non2xx = int((re.search(r"Non-2xx or 3xx responses:\s+(\d+)", txt) or [0, 0])[1])
+    s = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", txt)
+    sock = sum(map(int, s.groups())) if s else 0
+    cpu = int(re.search(r"cpu_ticks (-?\d+)", txt).group(1))
+    return rps, p99, reqs, non2xx, sock, cpu
+
+res = {}
+for t in ("direct", "rtcgate", "haproxy"):
+    rows = [parse(f"{tmp}/wrk.{t}.{r}.txt") for r in range(1, rounds + 1)]
+    reqs = sum(x[2] for x in rows)
+    cpu_ticks = sum(x[5] for x in rows)
+    res[t] = dict(
+        rps=statistics.median(x[0] for x in rows),
+        p99=statistics.median(x[1] for x in rows),
+        all_rps=[x[0] for x in rows],
+        non2xx=sum(x[3] for x in rows),
+        sock=sum(x[4] for x in rows),
+        cpu_us=(cpu_ticks / hz * 1e6 / reqs) if (t != "direct" and reqs) else None,
+    )
+
+print()
+print(f"{'target':<9} {'req/s (median)':>15} {'p99 ms (median)':>16} {'non-2xx':>8} {'sock err':>9} {'proxy CPU us/req':>17}   per-round req/s")
+for t, v in res.items():
+    cpu = f"{v['cpu_us']:.1f}" if v["cpu_us"] is not None else "-"
+    per = " ".join(f"{x:.0f}" for x in v["all_rps"])
+    print(f"{t:<9} {v['rps']:>15.0f} {v['p99']:>16.2f} {v['non2xx']:>8} {v['sock']:>9} {cpu:>17}   {per}")
+r, h, d = res["rtcgate"], res["haproxy"], res["direct"]
+ratio_rps, ratio_p99 = r["rps"] / h["rps"], r["p99"] / h["p99"]
+print()
+print(f"rtcgate/haproxy: throughput x{ratio_rps:.3f}, p99 x{ratio_p99:.3f}")
+print(f"rtcgate/direct:  throughput x{r['rps'] / d['rps']:.3f}; haproxy/direct: throughput x{h['rps'] / d['rps']:.3f}")
+print(f"RESULT rtcgate_rps={r['rps']:.0f} haproxy_rps={h['rps']:.0f} ratio_rps={ratio_rps:.3f} "
+      f"rtcgate_p99_ms={r['p99']:.2f} haproxy_p99_ms={h['p99']:.2f} ratio_p99={ratio_p99:.3f}")
+print(f"RESULT2 direct_rps={d['rps']:.0f} direct_p99_ms={d['p99']:.2f} rtcgate_vs_direct={r['rps'] / d['rps']:.3f} "
+      f"haproxy_vs_direct={h['rps'] / d['rps']:.3f} errors_rtcgate={r['non2xx'] + r['sock']} "
+      f"errors_haproxy={h['non2xx'] + h['sock']} errors_direct={d['non2xx'] + d['sock']}")
+PY

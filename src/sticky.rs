@@ -1,0 +1,411 @@
+//! The session-persistence cookie: sign, verify, rotate. Pure functions that take `now`.
+//!
+//! A token is `kid:backend:expiry:tag`, where `tag` is HMAC-SHA256 (ring, verified in constant
+//! time) over a domain label, the cookie name, the pool, the key id, the backend's stable id and
+//! the expiry (unix seconds, `0` for none). Binding the pool and cookie name means a token minted
+//! for one pool cannot pin a user in another. The token names a backend by its id, never by its
+//! address. The first configured key signs; every key verifies, so keys rotate without breaking
+//! live pins. Several rtcgate instances with the same keys honour each other's cookies.
+//!
+//! Reading and stripping the cookie from requests, and writing `Set-Cookie`, are here too, so
+//! the format has one owner; what to do with a pin is `balance.rs`'s.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use cookie::Cookie;
+use http::header::{self, HeaderMap, HeaderValue};
+use ring::hmac;
+use subtle::ConstantTimeEq;
+
+use crate::config::{SameSite, Secure, Sticky, WhenDown};
+
+/// Versioned domain label, so a future token format can never verify as this one.
+const DOMAIN: &[u8] = b"rtcgate-sticky-v1";
+
+/// Re-issue a pinned user's cookie once less than this share of `max_age` is left, so an active
+/// user is never dropped from their backend by expiry.
+const REFRESH_WHEN_LEFT: u32 = 2;
+
+/// The configured sticky keys and cookie attributes, ready to sign and verify.
+pub struct StickyCookie {
+    name: String,
+    /// The first signs; all verify.
+    keys: Vec<(String, hmac::Key)>,
+    max_age: Option<Duration>,
+    same_site: SameSite,
+    secure: Secure,
+    pub when_down: WhenDown,
+}
+
+impl std::fmt::Debug for StickyCookie {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StickyCookie")
+            .field("name", &self.name)
+            .field(
+                "keys",
+                &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a request's cookie says about its pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pin<'a> {
+    /// No cookie of ours.
+    None,
+    /// A cookie of ours that does not verify: forged, tampered, truncated, expired, unknown key.
+    Invalid,
+    /// A verified pin to the backend with this id.
+    Valid {
+        backend: &'a str,
+        /// Whether the token is near its expiry and should be re-issued.
+        refresh: bool,
+    },
+}
+
+impl StickyCookie {
+    pub fn new(config: &Sticky) -> StickyCookie {
+        StickyCookie {
+            name: config.cookie.clone(),
+            keys: config
+                .keys
+                .iter()
+                .map(|k| (k.id.clone(), hmac::Key::new(hmac::HMAC_SHA256, &k.secret)))
+                .collect(),
+            max_age: Some(config.max_age).filter(|d| !d.is_zero()),
+            same_site: config.same_site,
+            secure: config.secure,
+            when_down: config.when_down,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn tag(
+        &self,
+        key: &hmac::Key,
+        pool: &str,
+        kid: &str,
+        backend: &str,
+        expiry: &str,
+    ) -> hmac::Tag {
+        let mut ctx = hmac::Context::with_key(key);
+        for part in [
+            DOMAIN,
+            self.name.as_bytes(),
+            pool.as_bytes(),
+            kid.as_bytes(),
+            backend.as_bytes(),
+            expiry.as_bytes(),
+        ] {
+            // Length-prefixed, so no two different field lists hash alike.
+            ctx.update(&(part.len() as u32).to_be_bytes());
+            ctx.update(part);
+        }
+        ctx.sign()
+    }
+
+    /// A token pinning a user of `pool` to `backend`, signed with the first key.
+    pub fn sign(&self, pool: &str, backend: &str, now: u64) -> String {
+        let expiry = self.max_age.map_or(0, |d| now.saturating_add(d.as_secs()));
+        let expiry = expiry.to_string();
+        let (kid, key) = &self.keys[0];
+        let tag = self.tag(key, pool, kid, backend, &expiry);
+        format!(
+            "{kid}:{backend}:{expiry}:{}",
+            URL_SAFE_NO_PAD.encode(tag.as_ref())
+        )
+    }
+
+    /// Verifies a token for `pool` at time `now` (unix seconds).
+    pub fn verify<'t>(&self, pool: &str, token: &'t str, now: u64) -> Pin<'t> {
+        let mut parts = token.splitn(4, ':');
+        let (Some(kid), Some(backend), Some(expiry), Some(tag)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Pin::Invalid;
+        };
+        let Some((_, key)) = self.keys.iter().find(|(id, _)| id == kid) else {
+            return Pin::Invalid;
+        };
+        let Ok(exp) = expiry.parse::<u64>() else {
+            return Pin::Invalid;
+        };
+        // 32 bytes of tag are 43 base64 characters; anything else is not ours.
+        let mut raw = [0u8; 33];
+        match URL_SAFE_NO_PAD.decode_slice(tag, &mut raw) {
+            Ok(32) => {}
+            _ => return Pin::Invalid,
+        }
+        let msg = self.tag(key, pool, kid, backend, expiry);
+        if !bool::from(msg.as_ref().ct_eq(&raw[..32])) {
+            return Pin::Invalid;
+        }
+        if exp != 0 && exp <= now {
+            return Pin::Invalid;
+        }
+        // A token minted under another `max_age` (0 = session cookie) is re-issued under this one.
+        let refresh = match self.max_age {
+            None => exp != 0,
+            Some(max_age) => {
+                exp == 0 || exp - now < max_age.as_secs() / u64::from(REFRESH_WHEN_LEFT)
+            }
+        };
+        Pin::Valid { backend, refresh }
+    }
+
+    /// The pin carried by `headers` for `pool`: the first cookie of ours that verifies.
+    pub fn pin<'h>(&self, headers: &'h HeaderMap, pool: &str, now: u64) -> Pin<'h> {
+        let mut seen = false;
+        let ours = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
+            .filter(|c| c.name() == self.name)
+            .filter_map(|c| c.value_raw());
+        for value in ours {
+            seen = true;
+            if let p @ Pin::Valid { .. } = self.verify(pool, value, now) {
+                return p;
+            }
+        }
+        if seen {
+            Pin::Invalid
+        } else {
+            Pin::None
+        }
+    }
+
+    /// Removes our cookie from the request, leaving the user's other cookies byte for byte.
+    pub fn strip(&self, headers: &mut HeaderMap) {
+        let mut cookies = headers.get_all(header::COOKIE).iter();
+        let has_ours = cookies.any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(';').any(|pair| {
+                    pair.trim()
+                        .split_once('=')
+                        .is_some_and(|(n, _)| n.trim() == self.name)
+                })
+            })
+        });
+        if !has_ours {
+            return;
+        }
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| {
+                let Ok(s) = v.to_str() else {
+                    return Some(v.clone());
+                };
+                let rest: Vec<&str> = s
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|pair| !pair.is_empty())
+                    .filter(|pair| {
+                        pair.split_once('=')
+                            .is_none_or(|(n, _)| n.trim() != self.name)
+                    })
+                    .collect();
+                if rest.is_empty() {
+                    None
+                } else {
+                    HeaderValue::from_str(&rest.join("; ")).ok()
+                }
+            })
+            .collect();
+        headers.remove(header::COOKIE);
+        for v in kept {
+            headers.append(header::COOKIE, v);
+        }
+    }
+
+    /// The `Set-Cookie` value pinning a user of `pool` to `backend`.
+    pub fn set_cookie(&self, pool: &str, backend: &str, now: u64, over_tls: bool) -> HeaderValue {
+        let token = self.sign(pool, backend, now);
+        let same_site = match self.same_site {
+            SameSite::Lax => cookie::SameSite::Lax,
+            SameSite::Strict => cookie::SameSite::Strict,
+            SameSite::None => cookie::SameSite::None,
+        };
+        let secure = self.same_site == SameSite::None
+            || match self.secure {
+                Secure::Auto => over_tls,
+                Secure::Always => true,
+                Secure::Never => false,
+            };
+        let mut c = Cookie::build((self.name.as_str(), token))
+            .path("/")
+            .http_only(true)
+            .same_site(same_site)
+            .secure(secure);
+        if let Some(d) = self.max_age {
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            c = c.max_age(cookie::time::Duration::seconds(secs));
+        }
+        // Names are validated as tokens and the value is base64url and id characters only.
+        HeaderValue::from_str(&c.build().to_string()).unwrap_or(HeaderValue::from_static(""))
+    }
+}
+
+/// Unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StickyKey;
+
+    fn sticky(keys: &[(&str, &str)], max_age: u64) -> StickyCookie {
+        StickyCookie::new(&Sticky {
+            cookie: "rtcgate".into(),
+            keys: keys
+                .iter()
+                .map(|(id, s)| StickyKey {
+                    id: id.to_string(),
+                    secret: s.as_bytes().to_vec(),
+                })
+                .collect(),
+            max_age: Duration::from_secs(max_age),
+            same_site: SameSite::Lax,
+            secure: Secure::Auto,
+            when_down: WhenDown::Repin,
+        })
+    }
+
+    const S1: &str = "secret-one-0123456789abcdef0123456789";
+    const S2: &str = "secret-two-0123456789abcdef0123456789";
+
+    #[test]
+    fn a_signed_token_verifies_and_names_its_backend() {
+        let s = sticky(&[("k1", S1)], 0);
+        let t = s.sign("media", "media-2", 1000);
+        assert!(!t.contains("127.0.0.1"));
+        assert_eq!(
+            s.verify("media", &t, 5000),
+            Pin::Valid {
+                backend: "media-2",
+                refresh: false
+            }
+        );
+    }
+
+    #[test]
+    fn tampering_anywhere_breaks_the_token() {
+        let s = sticky(&[("k1", S1)], 0);
+        let t = s.sign("media", "media-2", 1000);
+        assert_eq!(
+            s.verify("media", &t.replace("media-2", "media-3"), 1000),
+            Pin::Invalid
+        );
+        assert_eq!(
+            s.verify("other-pool", &t, 1000),
+            Pin::Invalid,
+            "bound to the pool"
+        );
+        assert_eq!(
+            s.verify("media", &t[..t.len() - 1], 1000),
+            Pin::Invalid,
+            "truncated"
+        );
+        let mut flipped = t.clone().into_bytes();
+        let last = flipped.len() - 2;
+        flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
+        assert_eq!(
+            s.verify(
+                "media",
+                &String::from_utf8(flipped).unwrap_or_default(),
+                1000
+            ),
+            Pin::Invalid
+        );
+        assert_eq!(s.verify("media", "garbage", 1000), Pin::Invalid);
+        assert_eq!(s.verify("media", "k1:media-2:0:", 1000), Pin::Invalid);
+    }
+
+    #[test]
+    fn rotation_old_keys_verify_the_first_signs() {
+        let old = sticky(&[("k1", S1)], 0);
+        let rotated = sticky(&[("k2", S2), ("k1", S1)], 0);
+        let t = old.sign("media", "m1", 0);
+        assert_eq!(
+            rotated.verify("media", &t, 0),
+            Pin::Valid {
+                backend: "m1",
+                refresh: false
+            }
+        );
+        assert!(rotated.sign("media", "m1", 0).starts_with("k2:"));
+        let dropped = sticky(&[("k2", S2)], 0);
+        assert_eq!(
+            dropped.verify("media", &t, 0),
+            Pin::Invalid,
+            "unknown key id"
+        );
+    }
+
+    #[test]
+    fn expiry_is_enforced_and_refreshed_past_half_life() {
+        let s = sticky(&[("k1", S1)], 100);
+        let t = s.sign("media", "m1", 1000);
+        assert_eq!(
+            s.verify("media", &t, 1010),
+            Pin::Valid {
+                backend: "m1",
+                refresh: false
+            }
+        );
+        assert_eq!(
+            s.verify("media", &t, 1060),
+            Pin::Valid {
+                backend: "m1",
+                refresh: true
+            }
+        );
+        assert_eq!(s.verify("media", &t, 1100), Pin::Invalid);
+    }
+
+    #[test]
+    fn strip_keeps_other_cookies_exactly() {
+        let s = sticky(&[("k1", S1)], 0);
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; rtcgate=xyz; b=\"q r\""),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("rtcgate=again"));
+        s.strip(&mut h);
+        let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, vec!["a=1; b=\"q r\""]);
+    }
+
+    #[test]
+    fn set_cookie_has_the_configured_attributes() {
+        let s = sticky(&[("k1", S1)], 3600);
+        let v = s.set_cookie("media", "m1", 0, true);
+        let v = v.to_str().unwrap_or_default();
+        for attr in [
+            "rtcgate=k1:m1:3600:",
+            "HttpOnly",
+            "Path=/",
+            "SameSite=Lax",
+            "Secure",
+            "Max-Age=3600",
+        ] {
+            assert!(v.contains(attr), "{attr} missing from {v}");
+        }
+        let plain = sticky(&[("k1", S1)], 0).set_cookie("media", "m1", 0, false);
+        assert!(!plain.to_str().unwrap_or_default().contains("Secure"));
+        assert!(!plain.to_str().unwrap_or_default().contains("Max-Age"));
+    }
+}
