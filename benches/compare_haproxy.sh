@@ -285,8 +285,8 @@ done
 # rtcgate's own log at warn level first (empty in a clean run), so RESULT lines stay last.
 if [[ -s "$TMP/rtcgate.log" ]]; then
     echo
-    echo "rtcgate log ($(wc -l <"$TMP/rtcgate.log") lines, first 10):"
-    head -n 10 "$TMP/rtcgate.log"
+    echo "rtcgate log: $(wc -l <"$TMP/rtcgate.log") lines; distinct messages (count, timestamp stripped):"
+    sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^[0-9T:.-]*Z *//' "$TMP/rtcgate.log" | sort | uniq -c | sort -rn | head -n 10
 fi
 echo
 ((TLS)) && echo "mode: proxies terminate TLS (wrk -> https); direct = plain HTTP to one nginx backend" \
