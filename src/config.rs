@@ -123,6 +123,8 @@ pub struct AdminConfig {
 /// Connection and request limits. Every one has a key under `[limits]` and a default.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
+    /// Worker threads serving connections; 0 means one per CPU core.
+    pub workers: usize,
     /// Client connections served at once; further connections wait in the kernel's backlog.
     pub max_connections: usize,
     /// Time allowed for a TLS handshake.
@@ -291,6 +293,7 @@ struct RawAdmin {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    workers: Option<usize>,
     max_connections: Option<usize>,
     tls_handshake_timeout: Option<String>,
     header_read_timeout: Option<String>,
@@ -647,6 +650,7 @@ impl Validator<'_> {
 
     fn limits(&self, l: RawLimits) -> Result<Limits, ConfigError> {
         let limits = Limits {
+            workers: l.workers.unwrap_or(0),
             max_connections: l.max_connections.unwrap_or(10_000),
             tls_handshake_timeout: self.opt_duration(
                 "limits.tls_handshake_timeout",

@@ -8,6 +8,7 @@
 //! | [`tls`] | certificates → `rustls::ServerConfig` (ALPN, SNI) |
 //! | [`server`] | accept loops, per-connection tasks, client-side limits, graceful shutdown |
 //! | [`proxy`] | one request: route → place → forward → respond; header hygiene; error mapping |
+//! | [`upstream`] | keep-alive HTTP/1.1 connections to backends, one pool per worker |
 //! | [`balance`] | placement over a snapshot's pool; no I/O |
 //! | [`snapshot`] | the immutable config-derived view swapped whole by `arc_swap` |
 //! | [`sticky`] | the signed session cookie: sign, verify, rotate, strip, Set-Cookie |
@@ -27,3 +28,4 @@ pub mod server;
 pub mod snapshot;
 pub mod sticky;
 pub mod tls;
+pub mod upstream;

@@ -6,7 +6,6 @@
 //! and the backend's answer (or failure) into the client's response.
 
 use std::borrow::Cow;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,19 +15,17 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::balance::{self, Outcome, Rejection};
-use crate::config::{Config, ConfigError, Limits};
+use crate::config::{Config, ConfigError};
 use crate::pool::{Backend, InFlight, Registry};
 use crate::snapshot::Snapshot;
 use crate::sticky;
+use crate::upstream::{Lease, Upstream, UpstreamError};
 
 /// Body sent to backends: the client's, or empty for requests rtcgate makes or replays.
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -113,38 +110,64 @@ impl ProxyError {
     }
 }
 
-/// The request handler shared by every connection.
+/// The request handler. One per worker thread: the snapshot and registry are shared by all,
+/// the upstream connection pool is the worker's own, so a request and the backend connection
+/// serving it stay on one thread.
 pub struct Proxy {
+    shared: Arc<Shared>,
+    upstream: Arc<Upstream>,
+}
+
+/// What every worker's `Proxy` sees alike.
+struct Shared {
     snapshot: ArcSwap<Snapshot>,
     registry: Registry,
-    client: Client<HttpConnector, UpstreamBody>,
 }
 
 impl Proxy {
     /// Builds the first snapshot of `config` and the upstream client.
     pub fn new(config: Config) -> Result<Arc<Proxy>, ConfigError> {
         let registry = Registry::default();
-        let client = upstream_client(&config.limits);
+        let upstream = Upstream::new(&config.limits);
         let (snapshot, _) = Snapshot::build(config, &registry)?;
         Ok(Arc::new(Proxy {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            registry,
-            client,
+            shared: Arc::new(Shared {
+                snapshot: ArcSwap::from_pointee(snapshot),
+                registry,
+            }),
+            upstream,
         }))
+    }
+
+    /// A handler for another worker thread: same state, its own upstream connection pool.
+    pub fn for_worker(&self) -> Arc<Proxy> {
+        Arc::new(Proxy {
+            shared: self.shared.clone(),
+            upstream: Upstream::new(&self.snapshot().config.limits),
+        })
+    }
+
+    /// Closes this worker's backend connections that stayed idle too long, periodically.
+    pub async fn sweep_idle_connections(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.upstream.sweep_every());
+        loop {
+            tick.tick().await;
+            self.upstream.sweep();
+        }
     }
 
     /// The current snapshot, for a short synchronous look; never hold it across an `.await`.
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
-        self.snapshot.load()
+        self.shared.snapshot.load()
     }
 
     /// The current snapshot, to keep.
     pub fn snapshot_full(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+        self.shared.snapshot.load_full()
     }
 
     pub fn registry(&self) -> &Registry {
-        &self.registry
+        &self.shared.registry
     }
 
     /// Serves one client request.
@@ -154,7 +177,7 @@ impl Proxy {
         let path = req.uri().path().to_string();
         let mut req = req;
         let (access_log, result) = {
-            let snap = self.snapshot.load();
+            let snap = self.shared.snapshot.load();
             (snap.config.log.access, self.place(&snap, &mut req, conn))
         };
         let (resp, backend) = match result {
@@ -223,12 +246,15 @@ impl Proxy {
         placed: Placed,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let backend = &placed.backend;
-        let upstream = upstream_request(req, conn, backend)?;
-        let sent =
-            tokio::time::timeout(placed.response_timeout, self.client.request(upstream)).await;
-        let mut resp = match sent {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return Err(classify(backend, &e)),
+        let upstream = upstream_request(req, conn)?;
+        let sent = tokio::time::timeout(
+            placed.response_timeout,
+            self.upstream.send(backend.addr, upstream),
+        )
+        .await;
+        let (mut resp, lease) = match sent {
+            Ok(Ok(sent)) => sent,
+            Ok(Err(e)) => return Err(classify(backend, e)),
             Err(_) => {
                 return Err(ProxyError::Timeout {
                     backend: backend.id.to_string(),
@@ -243,6 +269,8 @@ impl Proxy {
         Ok(resp.map(|body| {
             Either::Left(Tracked {
                 inner: body,
+                lease: Some(lease),
+                ended: false,
                 _inflight: placed.inflight,
             })
         }))
@@ -259,21 +287,6 @@ struct Placed {
     /// `Set-Cookie` for the response, when the pin is new or changed.
     set_cookie: Option<HeaderValue>,
     response_timeout: Duration,
-}
-
-fn upstream_client(limits: &Limits) -> Client<HttpConnector, UpstreamBody> {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(limits.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(limits.upstream_idle_timeout)
-        .pool_max_idle_per_host(limits.upstream_idle_per_backend)
-        // The client's Host is forwarded as is; the URI only tells the pool where to connect.
-        .set_host(false)
-        .build(http)
 }
 
 /// The room a request names: the pool's room query parameter, else the `X-Rtcgate-Room` header.
@@ -319,7 +332,6 @@ fn strip_port(host: &str) -> &str {
 fn upstream_request(
     req: Request<Incoming>,
     conn: ConnInfo,
-    backend: &Backend,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     if parts.method == Method::CONNECT {
@@ -346,12 +358,8 @@ fn upstream_request(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(backend.authority.clone())
-        .path_and_query(path)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    // Origin form: the connection already goes to the backend.
+    parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
     Ok(Request::from_parts(parts, Either::Left(body)))
 }
@@ -442,17 +450,15 @@ fn join_list(headers: &HeaderMap, name: &HeaderName, item: &str) -> HeaderValue 
     })
 }
 
-/// Maps a client error to what the client should see.
-fn classify(backend: &Backend, e: &hyper_util::client::legacy::Error) -> ProxyError {
-    let cause = error_chain(e);
-    let timed_out = std::iter::successors(Some(e as &dyn std::error::Error), |e| e.source())
-        .filter_map(|e| e.downcast_ref::<io::Error>())
-        .any(|e| e.kind() == io::ErrorKind::TimedOut);
+/// Maps a failure to reach or hear from a backend to what the client should see.
+fn classify(backend: &Backend, e: UpstreamError) -> ProxyError {
     let backend = backend.id.to_string();
-    if timed_out {
-        ProxyError::Timeout { backend, cause }
-    } else {
-        ProxyError::Backend { backend, cause }
+    let cause = error_chain(&e);
+    match e {
+        UpstreamError::ConnectTimeout(_) => ProxyError::Timeout { backend, cause },
+        UpstreamError::Connect(_) | UpstreamError::Http(_) => {
+            ProxyError::Backend { backend, cause }
+        }
     }
 }
 
@@ -468,9 +474,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// A backend's response body, counting as in flight on its backend until it ends or drops.
+/// A backend's response body, counting as in flight on its backend until it ends or drops, and
+/// giving its backend connection back to the pool once read to the end.
 pub struct Tracked {
     inner: Incoming,
+    lease: Option<Lease>,
+    ended: bool,
     _inflight: InFlight,
 }
 
@@ -482,7 +491,11 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            self.ended = true;
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -491,6 +504,18 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // A body read to its end leaves the connection clean for the next request; one dropped
+        // early (the client left) does not, and its connection closes with the lease.
+        if self.ended || self.inner.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.release();
+            }
+        }
     }
 }
 

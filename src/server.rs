@@ -57,9 +57,8 @@ impl Listeners {
     }
 }
 
-/// What every connection task shares.
+/// What every connection task shares, across worker threads.
 struct Ctx {
-    proxy: Arc<Proxy>,
     limits: Limits,
     /// Protocol detected from the first bytes (plain listener).
     auto: auto::Builder<TokioExecutor>,
@@ -67,12 +66,21 @@ struct Ctx {
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
     connections: Arc<Semaphore>,
+    /// Cancelled when shutdown begins: stop accepting, finish what is in flight.
     shutdown: CancellationToken,
+    /// Cancelled when the grace period is over: worker threads stop.
+    stop: CancellationToken,
     tasks: TaskTracker,
 }
 
 /// Serves `listeners` until `shutdown` completes, then stops accepting, gives in-flight requests
 /// `limits.shutdown_grace` to finish, and returns.
+///
+/// Connections are served by `limits.workers` threads, each with its own single-threaded tokio
+/// runtime accepting from the same sockets (as nginx workers do): a connection, its requests and
+/// their backend connections stay on one thread, which spares the cross-thread wake-ups that
+/// dominate a work-stealing scheduler's cost at this request size. The caller's runtime keeps
+/// only the control work.
 pub async fn run(
     listeners: Listeners,
     proxy: Arc<Proxy>,
@@ -86,18 +94,38 @@ pub async fn run(
         auto,
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         shutdown: CancellationToken::new(),
+        stop: CancellationToken::new(),
         tasks: TaskTracker::new(),
-        proxy,
         limits,
     });
+    let mut sockets = Vec::new();
     for (listener, tls) in [(listeners.https, true), (listeners.http, false)] {
         if let Some(l) = listener {
             tracing::info!(addr = %l.local_addr()?, tls, "listening");
-            ctx.tasks.spawn(accept_loop(l, tls, ctx.clone()));
+            sockets.push((l.into_std()?, tls));
         }
     }
     // The admin API is not served yet; release its port rather than leave connections hanging.
     drop(listeners.admin);
+    let workers = match ctx.limits.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut threads = Vec::with_capacity(workers);
+    for w in 0..workers {
+        let mine = sockets
+            .iter()
+            .map(|(l, tls)| Ok((l.try_clone()?, *tls)))
+            .collect::<io::Result<Vec<_>>>()?;
+        let (ctx, proxy) = (ctx.clone(), proxy.for_worker());
+        let thread = std::thread::Builder::new()
+            .name(format!("rtcgate-w{w}"))
+            .spawn(move || worker(mine, ctx, proxy))
+            .context("cannot start a worker thread")?;
+        threads.push(thread);
+    }
+    drop(sockets);
+
     shutdown.await;
     let grace = ctx.limits.shutdown_grace;
     tracing::info!(
@@ -112,7 +140,42 @@ pub async fn run(
             "grace period over; closing the remaining connections"
         );
     }
+    ctx.stop.cancel();
+    tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    })
+    .await?;
     Ok(())
+}
+
+/// One worker thread: a single-threaded runtime accepting on its copies of the listeners until
+/// told to stop; dropping the runtime then drops whatever connections are left.
+fn worker(sockets: Vec<(std::net::TcpListener, bool)>, ctx: Arc<Ctx>, proxy: Arc<Proxy>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a worker runtime");
+            return;
+        }
+    };
+    rt.block_on(async {
+        for (socket, tls) in sockets {
+            match TcpListener::from_std(socket) {
+                Ok(l) => {
+                    ctx.tasks
+                        .spawn(accept_loop(l, tls, ctx.clone(), proxy.clone()));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot register a listener"),
+            }
+        }
+        tokio::spawn(proxy.clone().sweep_idle_connections());
+        ctx.stop.cancelled().await;
+    });
 }
 
 fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
@@ -131,7 +194,7 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Ctx>) {
+async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Ctx>, proxy: Arc<Proxy>) {
     loop {
         // Past the cap, clients wait in the kernel's backlog instead of being accepted and
         // starved: wait for a free slot before accepting. The slot is not held while accepting,
@@ -160,8 +223,14 @@ async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Ctx>) {
             _ = ctx.shutdown.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        ctx.tasks
-            .spawn(serve_connection(stream, peer, tls, ctx.clone(), permit));
+        ctx.tasks.spawn(serve_connection(
+            stream,
+            peer,
+            tls,
+            ctx.clone(),
+            proxy.clone(),
+            permit,
+        ));
     }
 }
 
@@ -184,14 +253,15 @@ async fn serve_connection(
     peer: SocketAddr,
     tls: bool,
     ctx: Arc<Ctx>,
+    proxy: Arc<Proxy>,
     _permit: OwnedSemaphorePermit,
 ) {
     let info = ConnInfo { peer, tls };
     if !tls {
-        serve_http(stream, info, &ctx.auto, &ctx).await;
+        serve_http(stream, info, &ctx.auto, &ctx, proxy).await;
         return;
     }
-    let Some(config) = ctx.proxy.snapshot().tls.clone() else {
+    let Some(config) = proxy.snapshot().tls.clone() else {
         return;
     };
     let handshake = TlsAcceptor::from(config).accept(stream);
@@ -214,7 +284,7 @@ async fn serve_connection(
         Some(b"http/1.1") => &ctx.h1,
         _ => &ctx.auto,
     };
-    serve_http(stream, info, builder, &ctx).await;
+    serve_http(stream, info, builder, &ctx, proxy).await;
 }
 
 async fn serve_http<I>(
@@ -222,6 +292,7 @@ async fn serve_http<I>(
     info: ConnInfo,
     builder: &auto::Builder<TokioExecutor>,
     ctx: &Arc<Ctx>,
+    proxy: Arc<Proxy>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -230,7 +301,6 @@ async fn serve_http<I>(
         inner: io,
         activity: activity.clone(),
     };
-    let proxy = ctx.proxy.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
         async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }

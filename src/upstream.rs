@@ -1,0 +1,176 @@
+//! Keep-alive HTTP/1.1 connections to backends: one pool per worker thread.
+//!
+//! hyper's `client::conn::http1` under a small pool of our own, rather than hyper-util's legacy
+//! client: checkout is a lock-free-in-practice pop from a per-worker list keyed by address, no
+//! task is spawned per request to watch for the connection's return, and a request that meets a
+//! connection the backend had just closed comes back unsent and is retried once on a fresh one.
+//! Placement is not decided here; `proxy.rs` names the address.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::Limits;
+use crate::proxy::UpstreamBody;
+
+/// Why a request could not be sent to, or answered by, a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    #[error("connect: no answer within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("{0}")]
+    Http(hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether the request may have reached the backend (and so must not be replayed).
+    pub fn maybe_sent(&self) -> bool {
+        matches!(self, UpstreamError::Http(_))
+    }
+}
+
+struct Idle {
+    sender: SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// One worker's idle backend connections.
+pub struct Upstream {
+    idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+}
+
+/// A connection lent to one request; [`Lease::release`] gives it back once its response has
+/// been read to the end. Dropped otherwise, the connection closes.
+pub struct Lease {
+    sender: SendRequest<UpstreamBody>,
+    addr: SocketAddr,
+    pool: Arc<Upstream>,
+}
+
+impl Lease {
+    pub fn release(self) {
+        self.pool.put(self.addr, self.sender);
+    }
+}
+
+impl Upstream {
+    pub fn new(limits: &Limits) -> Arc<Upstream> {
+        Arc::new(Upstream {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout: limits.connect_timeout,
+            idle_timeout: limits.upstream_idle_timeout,
+            max_idle: limits.upstream_idle_per_backend,
+        })
+    }
+
+    /// Sends `req` (origin-form URI, headers final) to `addr` and waits for the response head.
+    pub async fn send(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        req: Request<UpstreamBody>,
+    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+        let mut req = req;
+        let mut fresh_only = false;
+        loop {
+            let (mut sender, reused) = match self.take(addr).filter(|_| !fresh_only) {
+                Some(s) => (s, true),
+                None => (self.connect(addr).await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => {
+                    let lease = Lease {
+                        sender,
+                        addr,
+                        pool: self.clone(),
+                    };
+                    return Ok((resp, lease));
+                }
+                Err(mut e) => match e.take_message() {
+                    // A pooled connection the backend closed before our request went out:
+                    // nothing was sent, so one retry on a new connection is safe.
+                    Some(unsent) if reused => {
+                        req = unsent;
+                        fresh_only = true;
+                    }
+                    _ => return Err(UpstreamError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// A ready idle connection to `addr`, most recently used first.
+    fn take(&self, addr: SocketAddr) -> Option<SendRequest<UpstreamBody>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.get_mut(&addr)?;
+        while let Some(i) = list.pop_back() {
+            if i.sender.is_ready() && i.since.elapsed() < self.idle_timeout {
+                return Some(i.sender);
+            }
+            // Closed, busy or stale: dropping the sender lets its connection close.
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let list = idle.entry(addr).or_default();
+        if list.len() < self.max_idle {
+            list.push_back(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle for longer than the idle timeout.
+    pub fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|i| !i.sender.is_closed() && i.since.elapsed() < self.idle_timeout);
+            !list.is_empty()
+        });
+    }
+
+    /// How often [`Upstream::sweep`] should run.
+    pub fn sweep_every(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+                Err(_) => return Err(UpstreamError::ConnectTimeout(self.connect_timeout)),
+            };
+        let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(backend = %addr, error = %e, "backend connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
