@@ -67,7 +67,8 @@ fn placement(c: &mut Criterion) {
         });
         g.bench_function(format!("verify_and_place_pinned/{n}"), |b| {
             b.iter(|| {
-                let pin = snap.sticky.pin(black_box(&headers), "media", 1_000);
+                let cached = |id: &str| pool.member(id).and_then(|m| m.pin_cache.as_ref());
+                let pin = snap.sticky.pin(black_box(&headers), "media", 1_000, cached);
                 balance::place(pool, pin, None, WhenDown::Repin).map(|p| p.member.weight)
             })
         });

@@ -35,11 +35,34 @@ pub type ResponseBody = Either<Tracked, Full<Bytes>>;
 /// Seconds a client is told to wait in `Retry-After` when no backend can take it.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
-/// What the connection knows about the client, handed to every request on it.
-#[derive(Debug, Clone, Copy)]
+/// What the connection knows about the client, handed to every request on it. The forwarding
+/// header parts that depend only on the connection are rendered once, here.
+#[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The client's IP as an `X-Forwarded-For` item.
+    xff_item: HeaderValue,
+    /// `for=…;proto=…`: this hop's `Forwarded` element without the host.
+    forwarded_for: String,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, tls: bool) -> Arc<ConnInfo> {
+        let ip = peer.ip();
+        let node = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let proto = if tls { "https" } else { "http" };
+        let xff_item = HeaderValue::try_from(ip.to_string());
+        Arc::new(ConnInfo {
+            peer,
+            tls,
+            xff_item: xff_item.unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded_for: format!("for={node};proto={proto}"),
+        })
+    }
 }
 
 /// Why a request got no answer from a backend, and so which status the client sees.
@@ -171,14 +194,19 @@ impl Proxy {
     }
 
     /// Serves one client request.
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ResponseBody> {
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
         let started = Instant::now();
+        // Kept for the log lines; both clones share the request's buffers.
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
+        let uri = req.uri().clone();
+        let path = uri.path();
         let mut req = req;
         let (access_log, result) = {
             let snap = self.shared.snapshot.load();
-            (snap.config.log.access, self.place(&snap, &mut req, conn))
+            (
+                snap.config.log.access,
+                self.place(&snap, &mut req, conn.tls),
+            )
         };
         let (resp, backend) = match result {
             Ok(placed) => {
@@ -213,21 +241,26 @@ impl Proxy {
         &self,
         snap: &Snapshot,
         req: &mut Request<Incoming>,
-        conn: ConnInfo,
+        tls: bool,
     ) -> Result<Placed, ProxyError> {
         let host = request_host(req).ok_or(ProxyError::BadRequest("the request names no host"))?;
         let pool = snap
             .route(strip_port(host))
             .ok_or_else(|| ProxyError::NoRoute(host.to_string()))?;
         let now = sticky::unix_now();
-        let pin = snap.sticky.pin(req.headers(), &pool.config.name, now);
+        let cached = |id: &str| pool.member(id).and_then(|m| m.pin_cache.as_ref());
+        let pin = snap
+            .sticky
+            .pin(req.headers(), &pool.config.name, now, cached);
         let room = room_of(req, pool.config.room_param.as_deref());
         let placed = balance::place(pool, pin, room.as_deref(), snap.sticky.when_down)
             .map_err(ProxyError::Rejected)?;
         let backend = &placed.member.backend;
-        let set_cookie = placed.set_cookie.then(|| {
-            snap.sticky
-                .set_cookie(&pool.config.name, &backend.id, now, conn.tls)
+        let set_cookie = placed.set_cookie.then(|| match &placed.member.pin_cache {
+            Some(c) => c.set_cookie(tls),
+            None => snap
+                .sticky
+                .set_cookie(&pool.config.name, &backend.id, now, tls),
         });
         snap.sticky.strip(req.headers_mut());
         Ok(Placed {
@@ -242,7 +275,7 @@ impl Proxy {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         placed: Placed,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let backend = &placed.backend;
@@ -331,7 +364,7 @@ fn strip_port(host: &str) -> &str {
 /// headers gone, `Host` kept, and the forwarding headers added.
 fn upstream_request(
     req: Request<Incoming>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     if parts.method == Method::CONNECT {
@@ -415,38 +448,40 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`.
-fn add_forwarding(headers: &mut HeaderMap, conn: ConnInfo, host: &HeaderValue) {
-    let ip = conn.peer.ip();
-    let proto = if conn.tls { "https" } else { "http" };
-    let xff = join_list(headers, &X_FORWARDED_FOR, &ip.to_string());
-    headers.insert(&X_FORWARDED_FOR, xff);
-    let node = match ip {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let host_str = host.to_str().unwrap_or("");
-    let element = if host_str.is_empty() || host_str.contains('"') || host_str.contains('\\') {
-        format!("for={node};proto={proto}")
+fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
+    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+        join_list(headers, &X_FORWARDED_FOR, conn.xff_item.as_bytes())
     } else {
-        format!("for={node};proto={proto};host=\"{host_str}\"")
+        conn.xff_item.clone()
     };
+    headers.insert(&X_FORWARDED_FOR, xff);
+    let host_bytes = host.as_bytes();
+    let mut element = Vec::with_capacity(conn.forwarded_for.len() + host_bytes.len() + 8);
+    element.extend_from_slice(conn.forwarded_for.as_bytes());
+    // A host that a quoted-string cannot carry as is is left out rather than escaped.
+    if !host_bytes.is_empty() && !host_bytes.iter().any(|&b| b == b'"' || b == b'\\') {
+        element.extend_from_slice(b";host=\"");
+        element.extend_from_slice(host_bytes);
+        element.push(b'"');
+    }
     let fwd = join_list(headers, &header::FORWARDED, &element);
     headers.insert(header::FORWARDED, fwd);
+    let proto = if conn.tls { "https" } else { "http" };
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     headers.insert(&X_FORWARDED_HOST, host.clone());
 }
 
 /// The values of `name` joined as one comma-separated list, with `item` appended.
-fn join_list(headers: &HeaderMap, name: &HeaderName, item: &str) -> HeaderValue {
-    let mut out = Vec::new();
+fn join_list(headers: &HeaderMap, name: &HeaderName, item: &[u8]) -> HeaderValue {
+    let mut out = Vec::with_capacity(item.len());
     for v in headers.get_all(name) {
         out.extend_from_slice(v.as_bytes());
         out.extend_from_slice(b", ");
     }
-    out.extend_from_slice(item.as_bytes());
-    HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
+    out.extend_from_slice(item);
+    HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or_else(|_| {
         // An earlier hop sent bytes a header cannot hold; start the list afresh.
-        HeaderValue::from_str(item).unwrap_or(HeaderValue::from_static(""))
+        HeaderValue::from_bytes(item).unwrap_or(HeaderValue::from_static(""))
     })
 }
 

@@ -256,7 +256,7 @@ async fn serve_connection(
     proxy: Arc<Proxy>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let info = ConnInfo { peer, tls };
+    let info = ConnInfo::new(peer, tls);
     if !tls {
         serve_http(stream, info, &ctx.auto, &ctx, proxy).await;
         return;
@@ -289,7 +289,7 @@ async fn serve_connection(
 
 async fn serve_http<I>(
     io: I,
-    info: ConnInfo,
+    info: Arc<ConnInfo>,
     builder: &auto::Builder<TokioExecutor>,
     ctx: &Arc<Ctx>,
     proxy: Arc<Proxy>,
@@ -301,9 +301,10 @@ async fn serve_http<I>(
         inner: io,
         activity: activity.clone(),
     };
+    let peer = info.peer;
     let service = service_fn(move |req| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, info).await) }
+        let (proxy, info) = (proxy.clone(), info.clone());
+        async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -321,7 +322,7 @@ async fn serve_http<I>(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(client = %info.peer, error = %e, "connection ended with an error");
+                    tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
@@ -338,7 +339,7 @@ async fn serve_http<I>(
                 }
                 quiet += 1;
                 if quiet >= 4 {
-                    tracing::debug!(client = %info.peer, "idle connection dropped");
+                    tracing::debug!(client = %peer, "idle connection dropped");
                     return;
                 }
                 if quiet >= 2 && !closing {

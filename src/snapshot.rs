@@ -13,7 +13,7 @@ use rustls::ServerConfig;
 
 use crate::config::{Config, ConfigError, HostPattern, PoolConfig};
 use crate::pool::{Backend, Registry};
-use crate::sticky::StickyCookie;
+use crate::sticky::{PinCache, StickyCookie};
 
 /// A backend as one snapshot lists it: shared runtime state plus this config's settings for it.
 #[derive(Debug)]
@@ -23,6 +23,8 @@ pub struct Member {
     pub max_sessions: u32,
     /// Hash of the backend's id, the per-backend half of a room's rendezvous score.
     pub id_hash: u64,
+    /// Its session-cookie token, when cookies carry no expiry.
+    pub pin_cache: Option<PinCache>,
 }
 
 impl Member {
@@ -32,6 +34,7 @@ impl Member {
             backend,
             weight,
             max_sessions,
+            pin_cache: None,
         }
     }
 }
@@ -99,6 +102,7 @@ impl Snapshot {
             .collect();
         let (states, gone) = registry.update(&wanted);
         let mut states = states.into_iter();
+        let sticky = StickyCookie::new(&config.sticky);
         let pools = config
             .pools
             .iter()
@@ -107,14 +111,17 @@ impl Snapshot {
                     .backends
                     .iter()
                     .zip(states.by_ref())
-                    .map(|(b, backend)| Member::new(backend, b.weight, b.max_sessions))
+                    .map(|(b, backend)| Member {
+                        pin_cache: sticky.cache_for(&p.name, &b.id),
+                        ..Member::new(backend, b.weight, b.max_sessions)
+                    })
                     .collect();
                 Pool::new(p.clone(), members)
             })
             .collect();
         let router = Router::new(&config.pools);
         let snapshot = Snapshot {
-            sticky: StickyCookie::new(&config.sticky),
+            sticky,
             config: Arc::new(config),
             tls,
             pools,

@@ -160,7 +160,14 @@ impl StickyCookie {
     }
 
     /// The pin carried by `headers` for `pool`: the first cookie of ours that verifies.
-    pub fn pin<'h>(&self, headers: &'h HeaderMap, pool: &str, now: u64) -> Pin<'h> {
+    /// `cached` gives a backend's precomputed session token ([`PinCache`]), when it has one.
+    pub fn pin<'h, 'c>(
+        &self,
+        headers: &'h HeaderMap,
+        pool: &str,
+        now: u64,
+        cached: impl Fn(&str) -> Option<&'c PinCache>,
+    ) -> Pin<'h> {
         let mut seen = false;
         let ours = headers
             .get_all(header::COOKIE)
@@ -171,6 +178,16 @@ impl StickyCookie {
             .filter_map(|c| c.value_raw());
         for value in ours {
             seen = true;
+            // Fast path: a session token signed with the current key equals the precomputed one.
+            let backend = value.split(':').nth(1).unwrap_or("");
+            if let Some(c) = cached(backend) {
+                if bool::from(c.token.as_bytes().ct_eq(value.as_bytes())) {
+                    return Pin::Valid {
+                        backend,
+                        refresh: false,
+                    };
+                }
+            }
             if let p @ Pin::Valid { .. } = self.verify(pool, value, now) {
                 return p;
             }
@@ -226,6 +243,22 @@ impl StickyCookie {
         }
     }
 
+    /// The precomputed token and `Set-Cookie` values of `backend`, when cookies carry no expiry
+    /// (`max_age = 0`): the token is then the same for every user of that backend, so neither
+    /// placing a new user nor recognising a returning one needs an HMAC per request.
+    pub fn cache_for(&self, pool: &str, backend: &str) -> Option<PinCache> {
+        if self.max_age.is_some() {
+            return None;
+        }
+        Some(PinCache {
+            token: self.sign(pool, backend, 0),
+            set_cookie: [
+                self.set_cookie(pool, backend, 0, false),
+                self.set_cookie(pool, backend, 0, true),
+            ],
+        })
+    }
+
     /// The `Set-Cookie` value pinning a user of `pool` to `backend`.
     pub fn set_cookie(&self, pool: &str, backend: &str, now: u64, over_tls: bool) -> HeaderValue {
         let token = self.sign(pool, backend, now);
@@ -251,6 +284,20 @@ impl StickyCookie {
         }
         // Names are validated as tokens and the value is base64url and id characters only.
         HeaderValue::from_str(&c.build().to_string()).unwrap_or(HeaderValue::from_static(""))
+    }
+}
+
+/// A backend's session-cookie token and `Set-Cookie` values, computed once per snapshot.
+#[derive(Debug, Clone)]
+pub struct PinCache {
+    token: String,
+    /// Over plain HTTP, over TLS.
+    set_cookie: [HeaderValue; 2],
+}
+
+impl PinCache {
+    pub fn set_cookie(&self, over_tls: bool) -> HeaderValue {
+        self.set_cookie[usize::from(over_tls)].clone()
     }
 }
 
