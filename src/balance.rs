@@ -81,11 +81,19 @@ pub fn eligible(m: &Member) -> bool {
     b.is_up() && b.admin() == AdminState::Enabled && b.sessions() < m.max_sessions
 }
 
+/// A room named by a request.
+#[derive(Debug, Clone, Copy)]
+pub struct Room<'r> {
+    pub name: &'r str,
+    /// The backend holding this room's open tunnels in this instance, if any.
+    pub live_on: Option<&'r str>,
+}
+
 /// Places a request on `pool`, given its cookie's pin and the room it names.
 pub fn place<'a>(
     pool: &'a Pool,
     pin: Pin<'_>,
-    room: Option<&str>,
+    room: Option<Room<'_>>,
     when_down: WhenDown,
 ) -> Result<Placement<'a>, Rejection> {
     let (pinned, refresh) = match pin {
@@ -99,7 +107,16 @@ pub fn place<'a>(
         _ => Outcome::Invalid,
     };
     if let Some(room) = room {
-        let member = room_backend(pool, room, pinned)?;
+        // A room with open tunnels stays where it is while its backend can take the user: a
+        // room's own sessions must not count as the load that pushes it elsewhere.
+        let live = room
+            .live_on
+            .and_then(|id| pool.member(id))
+            .filter(|m| eligible(m) || pinned.is_some_and(|p| std::ptr::eq(p, *m) && serving(m)));
+        let member = match live {
+            Some(m) => m,
+            None => room_backend(pool, room.name, pinned)?,
+        };
         let same = pinned.is_some_and(|p| std::ptr::eq(p, member));
         return Ok(Placement {
             member,
@@ -339,19 +356,35 @@ mod tests {
     #[test]
     fn a_room_decides_over_the_cookie_and_is_stable() {
         let p = pool(3);
-        let home = place(&p, Pin::None, Some("standup"), WhenDown::Repin)
-            .expect("placed")
-            .member
-            .backend
-            .id
-            .clone();
+        let home = place(
+            &p,
+            Pin::None,
+            Some(Room {
+                name: "standup",
+                live_on: None,
+            }),
+            WhenDown::Repin,
+        )
+        .expect("placed")
+        .member
+        .backend
+        .id
+        .clone();
         for _ in 0..10 {
             assert_eq!(
-                place(&p, Pin::None, Some("standup"), WhenDown::Repin)
-                    .expect("placed")
-                    .member
-                    .backend
-                    .id,
+                place(
+                    &p,
+                    Pin::None,
+                    Some(Room {
+                        name: "standup",
+                        live_on: None
+                    }),
+                    WhenDown::Repin
+                )
+                .expect("placed")
+                .member
+                .backend
+                .id,
                 home
             );
         }
@@ -363,7 +396,10 @@ mod tests {
         let got = place(
             &p,
             valid(&other.backend.id),
-            Some("standup"),
+            Some(Room {
+                name: "standup",
+                live_on: None,
+            }),
             WhenDown::Repin,
         )
         .expect("placed");
@@ -371,20 +407,66 @@ mod tests {
             (got.member.backend.id.clone(), got.outcome, got.set_cookie),
             (home.clone(), Outcome::Repinned, true)
         );
-        let got = place(&p, valid(&home), Some("standup"), WhenDown::Repin).expect("placed");
+        let got = place(
+            &p,
+            valid(&home),
+            Some(Room {
+                name: "standup",
+                live_on: None,
+            }),
+            WhenDown::Repin,
+        )
+        .expect("placed");
         assert_eq!((got.outcome, got.set_cookie), (Outcome::Hit, false));
+    }
+
+    #[test]
+    fn a_live_room_stays_on_its_backend_however_loaded() {
+        let p = pool(3);
+        let room = Some(Room {
+            name: "big",
+            live_on: None,
+        });
+        let home = place(&p, Pin::None, room, WhenDown::Repin)
+            .expect("placed")
+            .member;
+        let _busy: Vec<_> = (0..10).map(|_| home.backend.start_request()).collect();
+        let live = Some(Room {
+            name: "big",
+            live_on: Some(&home.backend.id),
+        });
+        let got = place(&p, Pin::None, live, WhenDown::Repin)
+            .expect("placed")
+            .member;
+        assert!(std::ptr::eq(home, got));
     }
 
     #[test]
     fn a_room_skips_an_overloaded_backend() {
         let p = pool(3);
-        let home = place(&p, Pin::None, Some("big"), WhenDown::Repin)
-            .expect("placed")
-            .member;
+        let home = place(
+            &p,
+            Pin::None,
+            Some(Room {
+                name: "big",
+                live_on: None,
+            }),
+            WhenDown::Repin,
+        )
+        .expect("placed")
+        .member;
         let _busy: Vec<_> = (0..10).map(|_| home.backend.start_request()).collect();
-        let moved = place(&p, Pin::None, Some("big"), WhenDown::Repin)
-            .expect("placed")
-            .member;
+        let moved = place(
+            &p,
+            Pin::None,
+            Some(Room {
+                name: "big",
+                live_on: None,
+            }),
+            WhenDown::Repin,
+        )
+        .expect("placed")
+        .member;
         assert!(
             !std::ptr::eq(home, moved),
             "an overloaded room backend should be skipped"

@@ -137,7 +137,7 @@ impl DemoBackend {
 
     async fn serve(self: Arc<Self>, req: Request<Incoming>) -> Response<DemoBody> {
         self.requests.send_modify(|n| *n += 1);
-        let mut resp = if is_websocket(&req) {
+        let mut resp = if is_websocket(&req) && req.uri().path() != "/ws-refuse" {
             self.websocket(req)
         } else {
             match (req.method(), req.uri().path()) {
@@ -146,6 +146,7 @@ impl DemoBackend {
                 }
                 (_, "/health") => text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n"),
                 (_, "/headers") => json(headers_json(&req)),
+                (_, "/ws-refuse") => text(StatusCode::FORBIDDEN, "no websocket here\n"),
                 (_, "/hop") => hop_by_hop_response(),
                 (&Method::POST, "/sink") => self.sink(req).await,
                 (&Method::GET, "/bytes") => self.bytes(&req),

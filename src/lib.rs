@@ -8,6 +8,7 @@
 //! | [`tls`] | certificates → `rustls::ServerConfig` (ALPN, SNI) |
 //! | [`server`] | accept loops, per-connection tasks, client-side limits, graceful shutdown |
 //! | [`proxy`] | one request: route → place → forward → respond; header hygiene; error mapping |
+//! | [`tunnel`] | WebSocket upgrades (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT) and the byte pump |
 //! | [`upstream`] | keep-alive HTTP/1.1 connections to backends, one pool per worker |
 //! | [`balance`] | placement over a snapshot's pool; no I/O |
 //! | [`snapshot`] | the immutable config-derived view swapped whole by `arc_swap` |
@@ -28,4 +29,5 @@ pub mod server;
 pub mod snapshot;
 pub mod sticky;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;

@@ -19,12 +19,15 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
+use tokio_util::task::TaskTracker;
 
 use crate::balance::{self, Outcome, Rejection};
 use crate::config::{Config, ConfigError};
-use crate::pool::{Backend, InFlight, Registry};
+use crate::pool::{Backend, InFlight, LiveRooms, Registry};
 use crate::snapshot::Snapshot;
 use crate::sticky;
+use crate::tunnel;
 use crate::upstream::{Lease, Upstream, UpstreamError};
 
 /// Body sent to backends: the client's, or empty for requests rtcgate makes or replays.
@@ -145,6 +148,9 @@ pub struct Proxy {
 struct Shared {
     snapshot: ArcSwap<Snapshot>,
     registry: Registry,
+    rooms: Arc<LiveRooms>,
+    /// Connections and tunnels, waited for at shutdown.
+    tasks: TaskTracker,
 }
 
 impl Proxy {
@@ -157,6 +163,8 @@ impl Proxy {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot),
                 registry,
+                rooms: Arc::default(),
+                tasks: TaskTracker::new(),
             }),
             upstream,
         }))
@@ -191,6 +199,11 @@ impl Proxy {
 
     pub fn registry(&self) -> &Registry {
         &self.shared.registry
+    }
+
+    /// The tracker of client connections and tunnels, which shutdown waits for.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.shared.tasks
     }
 
     /// Serves one client request.
@@ -253,7 +266,14 @@ impl Proxy {
             .sticky
             .pin(req.headers(), &pool.config.name, now, cached);
         let room = room_of(req, pool.config.room_param.as_deref());
-        let placed = balance::place(pool, pin, room.as_deref(), snap.sticky.when_down)
+        let live_on = room
+            .as_deref()
+            .and_then(|r| self.shared.rooms.backend_of(&pool.config.name, r));
+        let room_ref = room.as_deref().map(|name| balance::Room {
+            name,
+            live_on: live_on.as_deref(),
+        });
+        let placed = balance::place(pool, pin, room_ref, snap.sticky.when_down)
             .map_err(ProxyError::Rejected)?;
         let backend = &placed.member.backend;
         let set_cookie = placed.set_cookie.then(|| match &placed.member.pin_cache {
@@ -262,13 +282,16 @@ impl Proxy {
                 .sticky
                 .set_cookie(&pool.config.name, &backend.id, now, tls),
         });
+        let room = room.map(Cow::into_owned);
         snap.sticky.strip(req.headers_mut());
         Ok(Placed {
             inflight: backend.start_request(),
             backend: backend.clone(),
             outcome: placed.outcome,
             set_cookie,
+            room,
             response_timeout: snap.config.limits.response_timeout,
+            tunnel_idle_timeout: snap.config.limits.tunnel_idle_timeout,
         })
     }
 
@@ -278,8 +301,11 @@ impl Proxy {
         conn: &ConnInfo,
         placed: Placed,
     ) -> Result<Response<ResponseBody>, ProxyError> {
+        let mut req = req;
         let backend = &placed.backend;
-        let upstream = upstream_request(req, conn)?;
+        let kind = tunnel::websocket_kind(&req);
+        let client_upgrade = kind.map(|_| hyper::upgrade::on(&mut req));
+        let (upstream, accept) = upstream_request(req, conn, kind)?;
         let sent = tokio::time::timeout(
             placed.response_timeout,
             self.upstream.send(backend.addr, upstream),
@@ -295,6 +321,11 @@ impl Proxy {
                 })
             }
         };
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let (Some(kind), Some(accept), Some(client)) = (kind, accept, client_upgrade) {
+                return self.open_tunnel(kind, &accept, client, resp, placed);
+            }
+        }
         strip_hop_by_hop(resp.headers_mut());
         if let Some(cookie) = placed.set_cookie {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
@@ -310,6 +341,60 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Answers the client's upgrade with the backend's `101` (or `200` on HTTP/2) and starts
+    /// the tunnel, which counts as one session of its backend until it closes.
+    fn open_tunnel(
+        &self,
+        kind: tunnel::Kind,
+        accept: &str,
+        client: hyper::upgrade::OnUpgrade,
+        mut resp: Response<Incoming>,
+        placed: Placed,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let backend = placed.backend.clone();
+        if !tunnel::backend_agreed(resp.headers(), accept) {
+            return Err(ProxyError::Backend {
+                backend: backend.id.to_string(),
+                cause: "its 101 does not confirm the WebSocket (Upgrade or Sec-WebSocket-Accept)"
+                    .into(),
+            });
+        }
+        let backend_io = hyper::upgrade::on(&mut resp);
+        let mut headers = std::mem::take(resp.headers_mut());
+        strip_hop_by_hop(&mut headers);
+        tunnel::client_response_headers(kind, &mut headers);
+        if let Some(cookie) = placed.set_cookie {
+            headers.append(header::SET_COOKIE, cookie);
+        }
+        let session = backend.open_session();
+        let room = placed
+            .room
+            .as_deref()
+            .map(|r| self.shared.rooms.enter(&backend, r));
+        let idle = placed.tunnel_idle_timeout;
+        self.shared.tasks.spawn(async move {
+            let (client, upstream) = match tokio::join!(client, backend_io) {
+                (Ok(c), Ok(b)) => (c, b),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!(backend = %backend.id, error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let ended = tunnel::pump(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+            tracing::debug!(backend = %backend.id, ?ended, "tunnel closed");
+            drop((session, room));
+        });
+        let mut out = Response::new(Either::Right(Full::new(Bytes::new())));
+        *out.status_mut() = match kind {
+            tunnel::Kind::H1Upgrade => StatusCode::SWITCHING_PROTOCOLS,
+            tunnel::Kind::H2Connect => StatusCode::OK,
+        };
+        *out.headers_mut() = headers;
+        Ok(out)
+    }
+}
+
 /// A placement decision, carried out of the snapshot's scope.
 struct Placed {
     backend: Arc<Backend>,
@@ -319,7 +404,10 @@ struct Placed {
     outcome: Outcome,
     /// `Set-Cookie` for the response, when the pin is new or changed.
     set_cookie: Option<HeaderValue>,
+    /// The room the request named, kept for a tunnel's lifetime.
+    room: Option<String>,
     response_timeout: Duration,
+    tunnel_idle_timeout: Duration,
 }
 
 /// The room a request names: the pool's room query parameter, else the `X-Rtcgate-Room` header.
@@ -362,12 +450,14 @@ fn strip_port(host: &str) -> &str {
 
 /// Turns the client's request into the backend's: origin URI on the backend's address, hop-by-hop
 /// headers gone, `Host` kept, and the forwarding headers added.
+/// For a WebSocket, also returns the `Sec-WebSocket-Accept` the backend must answer with.
 fn upstream_request(
     req: Request<Incoming>,
     conn: &ConnInfo,
-) -> Result<Request<UpstreamBody>, ProxyError> {
+    websocket: Option<tunnel::Kind>,
+) -> Result<(Request<UpstreamBody>, Option<String>), ProxyError> {
     let (mut parts, body) = req.into_parts();
-    if parts.method == Method::CONNECT {
+    if parts.method == Method::CONNECT && websocket.is_none() {
         return Err(ProxyError::BadRequest("CONNECT is not supported here"));
     }
     let host = match parts.uri.authority() {
@@ -394,7 +484,17 @@ fn upstream_request(
     // Origin form: the connection already goes to the backend.
     parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
-    Ok(Request::from_parts(parts, Either::Left(body)))
+    let Some(kind) = websocket else {
+        return Ok((Request::from_parts(parts, Either::Left(body)), None));
+    };
+    let accept = tunnel::prepare_upstream(kind, &mut parts.method, &mut parts.headers).ok_or(
+        ProxyError::BadRequest("a WebSocket upgrade needs Sec-WebSocket-Key"),
+    )?;
+    // An upgrade carries no body; the stream's bytes go through the tunnel.
+    Ok((
+        Request::from_parts(parts, Either::Right(Empty::new())),
+        Some(accept),
+    ))
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), besides those that

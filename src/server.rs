@@ -95,7 +95,7 @@ pub async fn run(
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         shutdown: CancellationToken::new(),
         stop: CancellationToken::new(),
-        tasks: TaskTracker::new(),
+        tasks: proxy.tasks().clone(),
         limits,
     });
     let mut sockets = Vec::new();

@@ -345,3 +345,202 @@ pub fn empty() -> ClientBody {
 pub fn full(data: impl Into<Bytes>) -> ClientBody {
     UnsyncBoxBody::new(Full::new(data.into()).map_err(|never| match never {}))
 }
+
+pub type Ws<S> = tokio_tungstenite::WebSocketStream<S>;
+
+/// Waits until `cond` holds, checking every 10 ms, for at most [`STEP`].
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {STEP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The 101 (or refusal) a WebSocket handshake got, and the stream when it succeeded.
+pub struct WsReply<S> {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Option<Vec<u8>>,
+    pub ws: Option<Ws<S>>,
+}
+
+impl<S> WsReply<S> {
+    pub fn backend(&self) -> String {
+        self.headers
+            .get("x-backend-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    }
+
+    pub fn set_cookie_pair(&self) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("rtcgate="))
+            .map(|v| v.split(';').next().unwrap_or_default().to_string())
+    }
+
+    pub fn ws(&mut self) -> &mut Ws<S> {
+        self.ws.as_mut().expect("the upgrade succeeded")
+    }
+}
+
+async fn ws_handshake<S>(io: S, url: &str, cookie: Option<&str>) -> WsReply<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().expect("ws request");
+    if let Some(c) = cookie {
+        req.headers_mut()
+            .insert("cookie", c.parse().expect("cookie"));
+    }
+    match within("ws handshake", tokio_tungstenite::client_async(req, io)).await {
+        Ok((ws, resp)) => WsReply {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: None,
+            ws: Some(ws),
+        },
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => WsReply {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body: resp.body().clone(),
+            ws: None,
+        },
+        Err(e) => panic!("ws handshake failed: {e}"),
+    }
+}
+
+impl TestProxy {
+    /// A WebSocket over TLS and HTTP/1.1 Upgrade.
+    pub async fn ws_tls(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+    ) -> WsReply<tokio_rustls::client::TlsStream<TcpStream>> {
+        let io = self.tls_stream(b"http/1.1").await;
+        ws_handshake(
+            io,
+            &format!("wss://localhost:{}{path}", self.https.port()),
+            cookie,
+        )
+        .await
+    }
+
+    /// A WebSocket over plain HTTP/1.1 Upgrade.
+    pub async fn ws_plain(&self, path: &str, cookie: Option<&str>) -> WsReply<TcpStream> {
+        let io = within("connect", TcpStream::connect(self.http))
+            .await
+            .expect("connect");
+        ws_handshake(
+            io,
+            &format!("ws://localhost:{}{path}", self.http.port()),
+            cookie,
+        )
+        .await
+    }
+
+    /// A WebSocket over HTTP/2 extended CONNECT (RFC 8441), on its own TLS connection.
+    pub async fn ws_h2(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+    ) -> WsReply<TokioIo<hyper::upgrade::Upgraded>> {
+        let io = self.tls_stream(b"h2").await;
+        let (mut sender, conn) = within(
+            "h2 handshake",
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method("CONNECT")
+            .version(Version::HTTP_2)
+            .uri(format!("https://localhost:{}{path}", self.https.port()))
+            .header("sec-websocket-version", "13");
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let mut req = req.body(empty()).expect("request");
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        within("h2 ready", sender.ready()).await.expect("ready");
+        let resp = within("h2 CONNECT", sender.send_request(req))
+            .await
+            .expect("CONNECT");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if status != StatusCode::OK {
+            let body = within("body", resp.into_body().collect())
+                .await
+                .expect("body")
+                .to_bytes();
+            return WsReply {
+                status,
+                headers,
+                body: Some(body.to_vec()),
+                ws: None,
+            };
+        }
+        let upgraded = within("h2 upgrade", hyper::upgrade::on(resp))
+            .await
+            .expect("upgrade");
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        WsReply {
+            status,
+            headers,
+            body: None,
+            ws: Some(ws),
+        }
+    }
+}
+
+/// Sends `text` and expects it echoed back.
+pub async fn echo<S>(ws: &mut Ws<S>, text: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    within("ws send", ws.send(Message::text(text)))
+        .await
+        .expect("send");
+    loop {
+        match within("ws echo", ws.next()).await {
+            Some(Ok(Message::Text(t))) => {
+                assert_eq!(t.as_str(), text);
+                return;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("expected the echo of {text:?}, got {other:?}"),
+        }
+    }
+}
+
+/// Waits for the stream to end (close frame, EOF or reset).
+pub async fn closed<S>(ws: &mut Ws<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    loop {
+        match within("ws close", ws.next()).await {
+            None | Some(Err(_)) => return,
+            Some(Ok(m)) if m.is_close() => return,
+            Some(Ok(_)) => continue,
+        }
+    }
+}

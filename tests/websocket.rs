@@ -1,0 +1,244 @@
+//! WebSocket tunnels over HTTP/1.1 Upgrade and HTTP/2 extended CONNECT: echo, refusal, backend
+//! death, counting, stickiness, rooms, capacity, idle timeout and shutdown.
+
+mod support;
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use http::StatusCode;
+use support::*;
+
+fn sessions(proxy: &TestProxy) -> u32 {
+    proxy.proxy.snapshot().pools[0]
+        .members
+        .iter()
+        .map(|m| m.backend.sessions())
+        .sum()
+}
+
+fn sessions_of(proxy: &TestProxy, id: &str) -> u32 {
+    proxy.proxy.snapshot().pools[0]
+        .member(id)
+        .expect("member")
+        .backend
+        .sessions()
+}
+
+#[tokio::test]
+async fn echo_over_tls_with_http1_upgrade() {
+    let backends = spawn_backends(3).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let mut r = proxy.ws_tls("/ws", None).await;
+    assert_eq!(r.status, StatusCode::SWITCHING_PROTOCOLS);
+    assert!(
+        r.set_cookie_pair().is_some(),
+        "a new user's 101 carries the cookie"
+    );
+    echo(r.ws(), "hello over h1").await;
+    echo(r.ws(), &"x".repeat(100_000)).await;
+    assert_eq!(sessions(&proxy), 1);
+}
+
+#[tokio::test]
+async fn echo_over_http2_extended_connect() {
+    let backends = spawn_backends(3).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let mut r = proxy.ws_h2("/ws", None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.set_cookie_pair().is_some(),
+        "the 200 to a CONNECT carries the cookie"
+    );
+    let backend = r.backend();
+    echo(r.ws(), "hello over h2").await;
+    echo(r.ws(), &"y".repeat(100_000)).await;
+    assert_eq!(sessions_of(&proxy, &backend), 1);
+    // Several tunnels share one HTTP/2 connection in real browsers; here, a second one on the
+    // same proxy still echoes independently.
+    let mut again = proxy.ws_h2("/ws", r.set_cookie_pair().as_deref()).await;
+    assert_eq!(
+        again.backend(),
+        backend,
+        "the cookie pins the second tunnel too"
+    );
+    echo(again.ws(), "second").await;
+    echo(r.ws(), "first still works").await;
+}
+
+#[tokio::test]
+async fn a_backend_refusing_the_upgrade_is_passed_through() {
+    let backends = spawn_backends(1).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let r = proxy.ws_tls("/ws-refuse", None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body.as_deref(), Some(&b"no websocket here\n"[..]));
+    let r = proxy.ws_h2("/ws-refuse", None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(r.body.as_deref(), Some(&b"no websocket here\n"[..]));
+    assert_eq!(sessions(&proxy), 0);
+}
+
+#[tokio::test]
+async fn a_backend_dying_mid_tunnel_closes_that_tunnel_only() {
+    let backends = spawn_backends(2).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let mut doomed = proxy.ws_tls("/ws", None).await;
+    let doomed_on = doomed.backend();
+    let mut survivor = proxy.ws_tls("/ws", None).await;
+    assert_ne!(
+        survivor.backend(),
+        doomed_on,
+        "two new users on two idle backends"
+    );
+    echo(doomed.ws(), "before").await;
+    assert_eq!(sessions(&proxy), 2);
+    backends
+        .iter()
+        .find(|b| b.id == doomed_on)
+        .expect("backend")
+        .kill();
+    closed(doomed.ws()).await;
+    eventually("the dead tunnel's session is released", || {
+        sessions_of(&proxy, &doomed_on) == 0
+    })
+    .await;
+    echo(survivor.ws(), "still here").await;
+    assert_eq!(sessions(&proxy), 1);
+}
+
+#[tokio::test]
+async fn five_hundred_concurrent_tunnels_all_echo() {
+    let backends = spawn_backends(3).await;
+    let proxy = Arc::new(spawn_proxy(&config_for(&backends, "")).await);
+    let opened = join_all((0..500).map(|i| {
+        let proxy = proxy.clone();
+        async move {
+            let mut r = proxy.ws_plain("/ws", None).await;
+            echo(r.ws(), &format!("tunnel {i}")).await;
+            r
+        }
+    }))
+    .await;
+    assert_eq!(sessions(&proxy), 500);
+    for b in &backends {
+        let n = sessions_of(&proxy, &b.id);
+        assert!((100..=250).contains(&n), "{} holds {n} of 500", b.id);
+    }
+    let mut opened = opened;
+    for (i, r) in opened.iter_mut().enumerate().step_by(50) {
+        echo(r.ws(), &format!("again {i}")).await;
+    }
+    drop(opened);
+    eventually("every session released", || sessions(&proxy) == 0).await;
+}
+
+#[tokio::test]
+async fn session_counts_stay_exact_over_a_thousand_open_close_cycles() {
+    let backends = spawn_backends(2).await;
+    let proxy = Arc::new(spawn_proxy(&config_for(&backends, "")).await);
+    join_all((0..10).map(|w| {
+        let proxy = proxy.clone();
+        async move {
+            for i in 0..100 {
+                let mut r = proxy.ws_plain("/ws", None).await;
+                if i % 2 == 0 {
+                    echo(r.ws(), &format!("{w}-{i}")).await;
+                    // Half close politely, half just drop the connection.
+                    let _ = r.ws().close(None).await;
+                }
+            }
+        }
+    }))
+    .await;
+    eventually("sessions back to zero", || sessions(&proxy) == 0).await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_user_returns_to_the_same_backend() {
+    let backends = spawn_backends(3).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let first = proxy.ws_tls("/ws", None).await;
+    let cookie = first.set_cookie_pair().expect("cookie");
+    drop(first);
+    for _ in 0..5 {
+        let mut again = proxy.ws_tls("/ws", Some(&cookie)).await;
+        assert_eq!(again.status, StatusCode::SWITCHING_PROTOCOLS);
+        assert!(cookie.contains(&format!(":{}:", again.backend())));
+        assert_eq!(again.set_cookie_pair(), None, "the pin did not change");
+        echo(again.ws(), "back").await;
+    }
+}
+
+#[tokio::test]
+async fn a_rooms_tunnels_share_one_backend() {
+    let backends = spawn_backends(3).await;
+    let toml = config_for(&backends, "")
+        .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nroom_param = \"room\"");
+    let proxy = spawn_proxy(&toml).await;
+    let mut tunnels = Vec::new();
+    for _ in 0..30 {
+        let mut r = proxy.ws_plain("/ws?room=standup", None).await;
+        echo(r.ws(), "in the room").await;
+        tunnels.push(r);
+    }
+    let home = tunnels[0].backend();
+    assert!(
+        tunnels.iter().all(|t| t.backend() == home),
+        "the room split"
+    );
+    // The room's own 30 sessions do not push its next participant away.
+    assert_eq!(sessions_of(&proxy, &home), 30);
+    let mut late = proxy.ws_tls("/ws?room=standup", None).await;
+    assert_eq!(late.backend(), home);
+    echo(late.ws(), "late joiner").await;
+}
+
+#[tokio::test]
+async fn max_sessions_caps_new_pins_but_admits_pinned_users() {
+    let backends = spawn_backends(2).await;
+    let toml =
+        config_for(&backends, "").replace("hosts = [\"*\"]", "hosts = [\"*\"]\nmax_sessions = 1");
+    let proxy = spawn_proxy(&toml).await;
+    let a = proxy.ws_plain("/ws", None).await;
+    let b = proxy.ws_plain("/ws", None).await;
+    assert_ne!(a.backend(), b.backend());
+    let full = proxy.ws_plain("/ws", None).await;
+    assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        full.headers.get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"5"[..])
+    );
+    let cookie = a.set_cookie_pair().expect("cookie");
+    let mut pinned = proxy.ws_plain("/ws", Some(&cookie)).await;
+    assert_eq!(pinned.status, StatusCode::SWITCHING_PROTOCOLS);
+    echo(pinned.ws(), "over the cap, but pinned").await;
+}
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed() {
+    let backends = spawn_backends(1).await;
+    let proxy = spawn_proxy(&config_for(&backends, "tunnel_idle_timeout = \"300ms\"")).await;
+    let mut r = proxy.ws_plain("/ws", None).await;
+    echo(r.ws(), "then silence").await;
+    closed(r.ws()).await;
+    eventually("the idle tunnel's session is released", || {
+        sessions(&proxy) == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_gives_tunnels_the_grace_period_then_closes_them() {
+    let backends = spawn_backends(1).await;
+    let mut proxy = spawn_proxy(&config_for(&backends, "shutdown_grace = \"1s\"")).await;
+    let mut r = proxy.ws_plain("/ws", None).await;
+    echo(r.ws(), "before shutdown").await;
+    let stopping = proxy.shutdown();
+    echo(r.ws(), "during the grace period").await;
+    closed(r.ws()).await;
+    within("server stops", stopping)
+        .await
+        .expect("join")
+        .expect("run");
+}
