@@ -77,7 +77,10 @@ fn placement(c: &mut Criterion) {
                 balance::place(
                     pool,
                     Pin::None,
-                    Some(black_box("daily-standup")),
+                    Some(balance::Room {
+                        name: black_box("daily-standup"),
+                        live_on: None,
+                    }),
                     WhenDown::Repin,
                 )
                 .map(|p| p.member.weight)
