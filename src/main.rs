@@ -26,6 +26,15 @@ enum Command {
     Check,
     /// Run with built-in demo media servers on the config's loopback backend addresses.
     Demo,
+    /// Run one demo media server alone, no proxy (a backend process for load tests).
+    DemoBackend {
+        /// The id it answers with.
+        #[arg(long)]
+        id: String,
+        /// Where it listens, IP:port.
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +46,9 @@ fn main() -> ExitCode {
         )
         .init();
 
+    if let Some(Command::DemoBackend { id, listen }) = &cli.command {
+        return demo_backend(id, *listen);
+    }
     // 1. Parse and validate (certificates included) before anything is bound.
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
@@ -56,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Demo) => true,
-        None => false,
+        Some(Command::DemoBackend { .. }) | None => false,
     };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -106,6 +118,23 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     server::run(listeners, proxy, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn demo_backend(id: &str, listen: std::net::SocketAddr) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    runtime.block_on(async {
+        match DemoBackend::bind(id, listen).await {
+            Ok(_backend) => {
+                tracing::info!(%id, addr = %listen, "demo backend started");
+                shutdown_signal().await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&format!("demo backend {id} on {listen}: {e}")),
+        }
+    })
 }
 
 async fn shutdown_signal() {
