@@ -237,6 +237,7 @@ mod tests {
                     "media",
                     &format!("m{i}"),
                     ([127, 0, 0, 1], 9000 + i as u16).into(),
+                    &crate::metrics::Metrics::new(),
                 );
                 Member::new(b, 1, 2)
             })
@@ -257,7 +258,11 @@ mod tests {
             },
             backends: vec![],
         };
-        Pool::new(config, members)
+        Pool::new(
+            config,
+            members,
+            crate::metrics::Metrics::new().pool("media"),
+        )
     }
 
     fn valid(id: &str) -> Pin<'_> {

@@ -13,16 +13,20 @@
 //! | [`balance`] | placement over a snapshot's pool; no I/O |
 //! | [`snapshot`] | the immutable config-derived view swapped whole by `arc_swap` |
 //! | [`sticky`] | the signed session cookie: sign, verify, rotate, strip, Set-Cookie |
+//! | [`metrics`] | the owned Prometheus registry, every metric name and handle |
 //! | [`pool`] | backend runtime state and the registry that outlives snapshots |
+//! | [`admin`] | the admin listener: metrics, status JSON and page, drain/maint/enable, reload |
 //! | [`demo`] | built-in demo backends for `rtcgate demo` and the tests |
 //!
 //! `main.rs` is the thin binary: CLI, logging, exit codes.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod server;

@@ -121,7 +121,10 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
 }
 
 fn demo_backend(id: &str, listen: std::net::SocketAddr) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use http::uri::Authority;
+use crate::metrics::{BackendMetrics, Metrics};
 
 /// What an operator has asked of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +29,8 @@ pub struct Backend {
     pub pool: Arc<str>,
     pub id: Arc<str>,
     pub addr: SocketAddr,
-    /// `addr` as a URI authority, built once.
-    pub authority: Authority,
+    /// Its metric handles, resolved once.
+    pub metrics: BackendMetrics,
     up: AtomicBool,
     admin: AtomicU8,
     /// Open tunnels.
@@ -40,14 +40,12 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(pool: &str, id: &str, addr: SocketAddr) -> Arc<Backend> {
-        let authority = Authority::try_from(addr.to_string().as_str())
-            .expect("a socket address is always a valid authority");
+    pub fn new(pool: &str, id: &str, addr: SocketAddr, metrics: &Metrics) -> Arc<Backend> {
         Arc::new(Backend {
             pool: pool.into(),
             id: id.into(),
             addr,
-            authority,
+            metrics: metrics.backend(pool, id),
             // Optimistic start, as HAProxy does: the first health check runs at once.
             up: AtomicBool::new(true),
             admin: AtomicU8::new(AdminState::Enabled as u8),
@@ -197,13 +195,36 @@ impl Drop for RoomTunnel {
 
 type Key = (String, String, SocketAddr);
 
-/// Backends by (pool, id, address), outliving snapshots.
-#[derive(Debug, Default)]
+/// Backends by (pool, id, address), outliving snapshots, and the metrics they report to.
 pub struct Registry {
     backends: Mutex<HashMap<Key, Arc<Backend>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(Arc::new(Metrics::new()))
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
 }
 
 impl Registry {
+    pub fn new(metrics: Arc<Metrics>) -> Registry {
+        Registry {
+            backends: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Makes the registry hold exactly `wanted`, reusing the state of backends that survive.
     /// Returns the backends in `wanted` order, and the ones that left.
     pub fn update(
@@ -217,11 +238,14 @@ impl Registry {
             let key = (pool.to_string(), id.to_string(), addr);
             let b = map
                 .remove(&key)
-                .unwrap_or_else(|| Backend::new(pool, id, addr));
+                .unwrap_or_else(|| Backend::new(pool, id, addr, &self.metrics));
             kept.push(b.clone());
             next.insert(key, b);
         }
-        let gone = std::mem::replace(&mut *map, next).into_values().collect();
+        let gone: Vec<Arc<Backend>> = std::mem::replace(&mut *map, next).into_values().collect();
+        for b in &gone {
+            self.metrics.remove_backend(&b.metrics);
+        }
         (kept, gone)
     }
 }

@@ -22,8 +22,9 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
-use crate::balance::{self, Outcome, Rejection};
+use crate::balance::{self, Rejection};
 use crate::config::{Config, ConfigError};
+use crate::metrics::{Metrics, PoolMetrics};
 use crate::pool::{Backend, InFlight, LiveRooms, Registry};
 use crate::snapshot::Snapshot;
 use crate::sticky;
@@ -48,10 +49,17 @@ pub struct ConnInfo {
     xff_item: HeaderValue,
     /// `for=…;proto=…`: this hop's `Forwarded` element without the host.
     forwarded_for: String,
+    /// What the server holds for this connection (its slot under `max_connections`, its
+    /// metric gauge): released when the connection and every tunnel it became are done.
+    _held: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl ConnInfo {
-    pub fn new(peer: SocketAddr, tls: bool) -> Arc<ConnInfo> {
+    pub fn new(
+        peer: SocketAddr,
+        tls: bool,
+        held: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Arc<ConnInfo> {
         let ip = peer.ip();
         let node = match ip {
             std::net::IpAddr::V4(v4) => v4.to_string(),
@@ -64,6 +72,7 @@ impl ConnInfo {
             tls,
             xff_item: xff_item.unwrap_or(HeaderValue::from_static("unknown")),
             forwarded_for: format!("for={node};proto={proto}"),
+            _held: held,
         })
     }
 }
@@ -156,7 +165,7 @@ struct Shared {
 impl Proxy {
     /// Builds the first snapshot of `config` and the upstream client.
     pub fn new(config: Config) -> Result<Arc<Proxy>, ConfigError> {
-        let registry = Registry::default();
+        let registry = Registry::new(Arc::new(Metrics::new()));
         let upstream = Upstream::new(&config.limits);
         let (snapshot, _) = Snapshot::build(config, &registry)?;
         Ok(Arc::new(Proxy {
@@ -201,13 +210,21 @@ impl Proxy {
         &self.shared.registry
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        self.shared.registry.metrics()
+    }
+
     /// The tracker of client connections and tunnels, which shutdown waits for.
     pub fn tasks(&self) -> &TaskTracker {
         &self.shared.tasks
     }
 
     /// Serves one client request.
-    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<ResponseBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: &Arc<ConnInfo>,
+    ) -> Response<ResponseBody> {
         let started = Instant::now();
         // Kept for the log lines; both clones share the request's buffers.
         let method = req.method().clone();
@@ -221,10 +238,10 @@ impl Proxy {
                 self.place(&snap, &mut req, conn.tls),
             )
         };
-        let (resp, backend) = match result {
+        let (resp, placed_on) = match result {
             Ok(placed) => {
-                let backend = placed.backend.id.clone();
-                (self.forward(req, conn, placed).await, Some(backend))
+                let on = (placed.backend.clone(), placed.pool_metrics.clone());
+                (self.forward(req, conn, placed).await, Some(on))
             }
             Err(e) => (Err(e), None),
         };
@@ -234,6 +251,11 @@ impl Proxy {
             }
             e.into_response()
         });
+        if let Some((backend, pool)) = &placed_on {
+            backend.metrics.answered(resp.status().as_u16());
+            pool.duration.observe(started.elapsed().as_secs_f64());
+        }
+        let backend = placed_on.as_ref().map(|(b, _)| &*b.id);
         if access_log {
             tracing::info!(
                 target: "rtcgate::access",
@@ -241,7 +263,7 @@ impl Proxy {
                 %method,
                 %path,
                 status = resp.status().as_u16(),
-                backend = backend.as_deref().unwrap_or("-"),
+                backend = backend.unwrap_or("-"),
                 ms = started.elapsed().as_secs_f64() * 1e3,
             );
         }
@@ -273,8 +295,15 @@ impl Proxy {
             name,
             live_on: live_on.as_deref(),
         });
-        let placed = balance::place(pool, pin, room_ref, snap.sticky.when_down)
-            .map_err(ProxyError::Rejected)?;
+        let placed = match balance::place(pool, pin, room_ref, snap.sticky.when_down) {
+            Ok(p) => p,
+            Err(reason) => {
+                pool.metrics.rejected(reason);
+                pool.metrics.answered_without_backend(503);
+                return Err(ProxyError::Rejected(reason));
+            }
+        };
+        pool.metrics.sticky(placed.outcome);
         let backend = &placed.member.backend;
         let set_cookie = placed.set_cookie.then(|| match &placed.member.pin_cache {
             Some(c) => c.set_cookie(tls),
@@ -287,9 +316,9 @@ impl Proxy {
         Ok(Placed {
             inflight: backend.start_request(),
             backend: backend.clone(),
-            outcome: placed.outcome,
             set_cookie,
             room,
+            pool_metrics: pool.metrics.clone(),
             response_timeout: snap.config.limits.response_timeout,
             tunnel_idle_timeout: snap.config.limits.tunnel_idle_timeout,
         })
@@ -298,7 +327,7 @@ impl Proxy {
     async fn forward(
         &self,
         req: Request<Incoming>,
-        conn: &ConnInfo,
+        conn: &Arc<ConnInfo>,
         placed: Placed,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let mut req = req;
@@ -323,7 +352,7 @@ impl Proxy {
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let (Some(kind), Some(accept), Some(client)) = (kind, accept, client_upgrade) {
-                return self.open_tunnel(kind, &accept, client, resp, placed);
+                return self.open_tunnel(kind, &accept, client, resp, placed, conn.clone());
             }
         }
         strip_hop_by_hop(resp.headers_mut());
@@ -351,6 +380,7 @@ impl Proxy {
         client: hyper::upgrade::OnUpgrade,
         mut resp: Response<Incoming>,
         placed: Placed,
+        conn: Arc<ConnInfo>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let backend = placed.backend.clone();
         if !tunnel::backend_agreed(resp.headers(), accept) {
@@ -368,6 +398,8 @@ impl Proxy {
             headers.append(header::SET_COOKIE, cookie);
         }
         let session = backend.open_session();
+        backend.metrics.tunnels.inc();
+        let pool_metrics = placed.pool_metrics.clone();
         let room = placed
             .room
             .as_deref()
@@ -381,9 +413,13 @@ impl Proxy {
                     return;
                 }
             };
+            let opened = Instant::now();
             let ended = tunnel::pump(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+            pool_metrics
+                .tunnel_duration
+                .observe(opened.elapsed().as_secs_f64());
             tracing::debug!(backend = %backend.id, ?ended, "tunnel closed");
-            drop((session, room));
+            drop((session, room, conn));
         });
         let mut out = Response::new(Either::Right(Full::new(Bytes::new())));
         *out.status_mut() = match kind {
@@ -399,13 +435,11 @@ impl Proxy {
 struct Placed {
     backend: Arc<Backend>,
     inflight: InFlight,
-    /// What became of the request's pin.
-    #[allow(dead_code)] // counted by the metrics
-    outcome: Outcome,
     /// `Set-Cookie` for the response, when the pin is new or changed.
     set_cookie: Option<HeaderValue>,
     /// The room the request named, kept for a tunnel's lifetime.
     room: Option<String>,
+    pool_metrics: Arc<PoolMetrics>,
     response_timeout: Duration,
     tunnel_idle_timeout: Duration,
 }
@@ -587,6 +621,9 @@ fn join_list(headers: &HeaderMap, name: &HeaderName, item: &[u8]) -> HeaderValue
 
 /// Maps a failure to reach or hear from a backend to what the client should see.
 fn classify(backend: &Backend, e: UpstreamError) -> ProxyError {
+    if !e.maybe_sent() {
+        backend.metrics.connect_errors.inc();
+    }
     let backend = backend.id.to_string();
     let cause = error_chain(&e);
     match e {

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Limits, Listen};
+use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy};
 
 /// The bound listening sockets. Tests bind `127.0.0.1:0` themselves and pass them in.
@@ -105,8 +106,10 @@ pub async fn run(
             sockets.push((l.into_std()?, tls));
         }
     }
-    // The admin API is not served yet; release its port rather than leave connections hanging.
-    drop(listeners.admin);
+    if let Some(admin) = listeners.admin {
+        tracing::info!(addr = %admin.local_addr()?, "admin listening");
+        tokio::spawn(crate::admin::serve(admin, proxy.clone(), ctx.stop.clone()));
+    }
     let workers = match ctx.limits.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -254,9 +257,10 @@ async fn serve_connection(
     tls: bool,
     ctx: Arc<Ctx>,
     proxy: Arc<Proxy>,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
-    let info = ConnInfo::new(peer, tls);
+    let held = Box::new((permit, OpenConnection::new(proxy.metrics(), tls)));
+    let info = ConnInfo::new(peer, tls, held);
     if !tls {
         serve_http(stream, info, &ctx.auto, &ctx, proxy).await;
         return;
@@ -270,10 +274,12 @@ async fn serve_connection(
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                proxy.metrics().tls_handshake_failures.inc();
                 return;
             }
             Err(_) => {
                 tracing::debug!(client = %peer, "TLS handshake timed out");
+                proxy.metrics().tls_handshake_failures.inc();
                 return;
             }
         },
@@ -413,5 +419,26 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// Counts one open client connection in the metrics until dropped.
+struct OpenConnection(Arc<Metrics>);
+
+impl OpenConnection {
+    fn new(metrics: &Arc<Metrics>, tls: bool) -> OpenConnection {
+        let listener = if tls { "https" } else { "http" };
+        metrics
+            .client_connections_total
+            .with_label_values(&[listener])
+            .inc();
+        metrics.client_connections.inc();
+        OpenConnection(metrics.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.client_connections.dec();
     }
 }

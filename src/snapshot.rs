@@ -12,6 +12,7 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 
 use crate::config::{Config, ConfigError, HostPattern, PoolConfig};
+use crate::metrics::PoolMetrics;
 use crate::pool::{Backend, Registry};
 use crate::sticky::{PinCache, StickyCookie};
 
@@ -49,10 +50,11 @@ pub struct Pool {
     pub uniform_weight: bool,
     /// Rotating tie-break for least-loaded placement.
     pub rotor: AtomicUsize,
+    pub metrics: Arc<PoolMetrics>,
 }
 
 impl Pool {
-    pub fn new(config: PoolConfig, members: Vec<Member>) -> Pool {
+    pub fn new(config: PoolConfig, members: Vec<Member>, metrics: PoolMetrics) -> Pool {
         let by_id = members
             .iter()
             .enumerate()
@@ -65,6 +67,7 @@ impl Pool {
             by_id,
             uniform_weight,
             rotor: AtomicUsize::new(0),
+            metrics: Arc::new(metrics),
         }
     }
 
@@ -116,7 +119,7 @@ impl Snapshot {
                         ..Member::new(backend, b.weight, b.max_sessions)
                     })
                     .collect();
-                Pool::new(p.clone(), members)
+                Pool::new(p.clone(), members, registry.metrics().pool(&p.name))
             })
             .collect();
         let router = Router::new(&config.pools);

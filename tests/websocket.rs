@@ -242,3 +242,33 @@ async fn shutdown_gives_tunnels_the_grace_period_then_closes_them() {
         .expect("join")
         .expect("run");
 }
+
+#[tokio::test]
+async fn open_tunnels_count_against_max_connections() {
+    let backends = spawn_backends(1).await;
+    let proxy = spawn_proxy(&config_for(&backends, "max_connections = 2")).await;
+    let mut a = proxy.ws_plain("/ws", None).await;
+    let _b = proxy.ws_plain("/ws", None).await;
+    echo(a.ws(), "two tunnels hold both slots").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut third = tokio::net::TcpStream::connect(proxy.http)
+        .await
+        .expect("connect");
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 64];
+    let early =
+        tokio::time::timeout(std::time::Duration::from_millis(300), third.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "a third connection was served while two tunnels held the cap"
+    );
+    drop(a);
+    let mut reply = Vec::new();
+    within("served once a tunnel closed", third.read_to_end(&mut reply))
+        .await
+        .expect("read");
+    assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"));
+}

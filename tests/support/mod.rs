@@ -115,6 +115,7 @@ pub fn make_certs() -> TestCerts {
 pub struct TestProxy {
     pub https: SocketAddr,
     pub http: SocketAddr,
+    pub admin: SocketAddr,
     pub proxy: Arc<Proxy>,
     pub certs: TestCerts,
     shutdown: Option<oneshot::Sender<()>>,
@@ -134,10 +135,12 @@ pub async fn spawn_proxy(toml: &str) -> TestProxy {
         https.local_addr().expect("addr"),
         http.local_addr().expect("addr"),
     );
+    let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let admin_addr = admin.local_addr().expect("addr");
     let listeners = Listeners {
         https: Some(https),
         http: Some(http),
-        admin: None,
+        admin: Some(admin),
     };
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server::run(listeners, proxy.clone(), async {
@@ -146,6 +149,7 @@ pub async fn spawn_proxy(toml: &str) -> TestProxy {
     TestProxy {
         https: https_addr,
         http: http_addr,
+        admin: admin_addr,
         proxy,
         certs,
         shutdown: Some(tx),
@@ -196,6 +200,14 @@ impl TestProxy {
     pub async fn h2(&self) -> HttpClient {
         let io = self.tls_stream(b"h2").await;
         HttpClient::h2(io, format!("localhost:{}", self.https.port())).await
+    }
+
+    /// An HTTP/1.1 client on the admin listener.
+    pub async fn admin(&self) -> HttpClient {
+        let tcp = within("connect", TcpStream::connect(self.admin))
+            .await
+            .expect("connect admin");
+        HttpClient::h1(tcp, format!("127.0.0.1:{}", self.admin.port()), "http").await
     }
 
     /// An HTTP/1.1 client on the plain listener.

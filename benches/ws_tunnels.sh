@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# ws_tunnels.sh - idle WebSocket tunnels: proxy memory per tunnel and echo RTT, rtcgate vs HAProxy 2.6.
+#
+# What it measures
+#   benches/ws_tunnels.rs opens N WebSocket tunnels (bounded: 200 handshakes in flight) through
+#   the proxy under test to three `rtcgate demo-backend` echo servers, sends one message on each
+#   and checks the echo, holds all N open and idle for HOLD seconds, then sends a second message
+#   on every tunnel (the "idle-then-active" pass) and closes them all. Per proxy it reports:
+#     - resident memory per tunnel: (VmRSS after opening+holding - VmRSS before) / tunnels held,
+#       read from /proc/PID/status of the proxy process;
+#     - echo round-trip p50/p99 in ms (second pass = rtt_p50_ms/rtt_p99_ms; first = rtt1_*);
+#     - failures: connect/handshake errors, wrong echoes, closed tunnels, timeouts.
+#   rtcgate: release build, plain HTTP listener, 3 backends, sticky cookie, default settings.
+#   HAProxy 2.6 (Debian): mode http, nbthread 2, leastconn, `cookie SRV insert indirect nocache`,
+#   timeout tunnel 1h. Goal (issue): rtcgate grows by at most 4 KiB per idle tunnel at N=9000
+#   (HAProxy 2.6 measured about 6 KiB per tunnel here).
+#
+# How to run (from the repo root, as root, Debian 12)
+#   bash benches/ws_tunnels.sh          # N = 9000 tunnels
+#   bash benches/ws_tunnels.sh 1000     # smaller shake-out run
+#   HOLD=5 CONCURRENCY=100 bash benches/ws_tunnels.sh 9000
+#   haproxy is installed with apt-get if missing. WS_TUNNELS_BIN=/path/to/built/ws_tunnels skips
+#   building the bench binary (e.g. before Cargo.toml has its [[bench]] stanza).
+#
+# Read the RATIOS from one run, not absolute numbers
+#   The machine is shared and noisy (2 cores): the load tool, the proxy and the backends all
+#   share the CPUs, so RTTs move from run to run. Memory is steadier, but allocator behaviour
+#   still varies. Compare rtcgate and HAProxy measured back to back in the same run.
+#   The last lines are machine-readable: one RESULT line per proxy, then
+#   RATIO kib_per_tunnel=... rtt_p99=...  (rtcgate / haproxy)
+#
+# File descriptors (hard limit here: 20000; everything started here gets `ulimit -n` = hard)
+#   load tool: 1 fd per tunnel (N) + a few.
+#   proxy:     2 fds per tunnel (client side + backend side) = 2N, + listeners, epoll, etc.
+#              N=9000 -> ~18000 fds, under 20000. rtcgate: [limits] max_connections = 19000.
+#   HAProxy:   refuses to start if maxconn needs more fds than the limit (it reserves about
+#              2*maxconn + a margin), so maxconn = (limit - 1000) / 2 -> 9500 for 20000 fds;
+#              N must stay below that.
+#   backends:  ~N/3 each.
+#
+# Everything binds to 127.0.0.1 on free ports chosen at run time; every process started here is
+# killed and the temp dir removed on exit (also on error or Ctrl-C).
+set -euo pipefail
+
+N="${1:-9000}"
+HOLD="${HOLD:-2}"
+CONCURRENCY="${CONCURRENCY:-200}"
+[[ "$N" =~ ^[0-9]+$ && "$N" -ge 1 ]] || { echo "usage: $0 [N>=1]" >&2; exit 2; }
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO"
+log() { printf '[ws-bench] %s\n' "$*" >&2; }
+
+# ---------------------------------------------------------------- 1. dependencies
+need=()
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+command -v curl    >/dev/null 2>&1 || need+=(curl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if ((${#need[@]})); then
+    log "installing: ${need[*]}"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    fi
+fi
+
+# ---------------------------------------------------------------- 2. fd limit
+hard=$(ulimit -Hn)
+ulimit -n "$hard"
+fd_limit=$(ulimit -n)
+log "fd limit $fd_limit"
+if [[ "$fd_limit" != unlimited ]] && ((fd_limit < 2 * N + 500)); then
+    echo "fd limit $fd_limit is too low for $N tunnels (the proxy needs ~2N + 500)" >&2
+    exit 2
+fi
+
+# ---------------------------------------------------------------- 3. build
+log "cargo build --release"
+cargo build --release
+BIN="$REPO/target/release/rtcgate"
+[[ -x "$BIN" ]] || { echo "no binary at $BIN" >&2; exit 1; }
+TOOL="${WS_TUNNELS_BIN:-}"
+if [[ -z "$TOOL" ]]; then
+    log "cargo bench --no-run --bench ws_tunnels"
+    TOOL=$(cargo bench --bench ws_tunnels --no-run --message-format=json | python3 -c '
+import json, sys
+exe = ""
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ws_tunnels" and m.get("executable"):
+        exe = m["executable"]
+print(exe)')
+fi
+[[ -x "$TOOL" ]] || { echo "no ws_tunnels bench executable (is the [[bench]] stanza in Cargo.toml?)" >&2; exit 1; }
+# A libtest-harness build (no `harness = false`) would print test output instead of this note.
+"$TOOL" | grep -q '^ws_tunnels:' || { echo "$TOOL is not the harness = false ws_tunnels tool" >&2; exit 1; }
+
+# ---------------------------------------------------------------- temp dir + cleanup
+TMP="$(mktemp -d /tmp/rtcgate-ws-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        local alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- 4. free ports
+read -r P1 P2 P3 RTC_PORT HAP_PORT < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(5)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in ss))
+for s in ss: s.close()')
+log "ports: backends $P1 $P2 $P3, rtcgate $RTC_PORT, haproxy $HAP_PORT"
+
+# wait_ready URL PID NAME: polls URL until it answers 200 "ok" (bounded, ~15 s).
+wait_ready() {
+    local url=$1 pid=$2 name=$3 i body
+    for i in $(seq 150); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "$name exited during start-up; its log:" >&2
+            cat "$TMP/$name.log" >&2 || true
+            exit 1
+        fi
+        body=$(curl -s -m 1 "$url" 2>/dev/null || true)
+        [[ "$body" == ok* ]] && return 0
+        sleep 0.1
+    done
+    echo "$name not ready at $url after 15 s; its log:" >&2
+    cat "$TMP/$name.log" >&2 || true
+    exit 1
+}
+
+# ---------------------------------------------------------------- 5. backends
+n=1
+for p in "$P1" "$P2" "$P3"; do
+    RUST_LOG=warn "$BIN" demo-backend --id "b$n" --listen "127.0.0.1:$p" >"$TMP/b$n.log" 2>&1 &
+    PIDS+=("$!")
+    wait_ready "http://127.0.0.1:$p/health" "$!" "b$n"
+    n=$((n + 1))
+done
+log "backends ready"
+
+# ---------------------------------------------------------------- 6. rtcgate
+{
+    echo "[listen]"
+    echo "http = \"127.0.0.1:$RTC_PORT\""
+    echo
+    echo "[sticky]"
+    echo 'keys = ["k1:bench-secret-0123456789abcdef0123456789"]'
+    echo
+    echo "[limits]"
+    echo "max_connections = 19000"
+    echo
+    echo "[pools.media]"
+    echo 'hosts = ["*"]'
+    echo "max_sessions = 100000"
+    n=1
+    for p in "$P1" "$P2" "$P3"; do
+        echo
+        echo "[[pools.media.backends]]"
+        echo "id = \"b$n\""
+        echo "address = \"127.0.0.1:$p\""
+        n=$((n + 1))
+    done
+} >"$TMP/rtcgate.toml"
+RUST_LOG=warn "$BIN" --config "$TMP/rtcgate.toml" >"$TMP/rtcgate.log" 2>&1 &
+RTC_PID=$!
+PIDS+=("$RTC_PID")
+wait_ready "http://127.0.0.1:$RTC_PORT/health" "$RTC_PID" rtcgate
+log "rtcgate ready (pid $RTC_PID)"
+
+# ---------------------------------------------------------------- 7. HAProxy
+HAP_MAXCONN=$(((fd_limit - 1000) / 2))
+((HAP_MAXCONN > 100000)) && HAP_MAXCONN=100000
+((N < HAP_MAXCONN)) || { echo "N=$N needs haproxy maxconn > $HAP_MAXCONN (fd limit $fd_limit)" >&2; exit 2; }
+cat >"$TMP/haproxy.cfg" <<EOF
+global
+    nbthread 2
+    maxconn $HAP_MAXCONN
+
+defaults
+    mode http
+    maxconn $HAP_MAXCONN
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout tunnel 1h
+
+frontend fe
+    bind 127.0.0.1:$HAP_PORT
+    default_backend media
+
+backend media
+    balance leastconn
+    cookie SRV insert indirect nocache
+    server b1 127.0.0.1:$P1 cookie b1
+    server b2 127.0.0.1:$P2 cookie b2
+    server b3 127.0.0.1:$P3 cookie b3
+EOF
+haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
+HAP_PID=$!
+PIDS+=("$HAP_PID")
+wait_ready "http://127.0.0.1:$HAP_PORT/health" "$HAP_PID" haproxy
+log "haproxy ready (pid $HAP_PID, maxconn $HAP_MAXCONN)"
+
+# ---------------------------------------------------------------- 8. measure
+# smaps_rollup of the proxy while the tunnels are held: sampled by a helper that waits for
+# the tool's "holding" line on stderr (the tool holds for HOLD s before its own RSS read).
+run_tool() { # label url pid
+    local label=$1 url=$2 pid=$3 rc=0
+    log "$label: $N tunnels to $url (proxy pid $pid)"
+    "$TOOL" --url "$url" --tunnels "$N" --pid "$pid" --concurrency "$CONCURRENCY" \
+        --hold-secs "$HOLD" --label "$label" >"$TMP/$label.out" 2> >(
+            while IFS= read -r line; do
+                printf '%s\n' "$line" >&2
+                if [[ "$line" == *holding* ]]; then
+                    grep -E '^(Rss|Pss_Anon|Pss_File|Anonymous|Private_Dirty)' \
+                        "/proc/$pid/smaps_rollup" >"$TMP/$label.smaps" 2>/dev/null || true
+                    awk '/^Threads:/ {print "Threads:", $2}' "/proc/$pid/status" >>"$TMP/$label.smaps" 2>/dev/null || true
+                fi
+            done
+        ) || rc=$?
+    cat "$TMP/$label.out"
+    ((rc == 0)) || log "$label: the tool exited $rc (failures above)"
+    grep -q '^RESULT ' "$TMP/$label.out" || { echo "$label: no RESULT line" >&2; exit 1; }
+}
+run_tool rtcgate "ws://127.0.0.1:$RTC_PORT/ws" "$RTC_PID"
+sleep 1 # let the close handshakes finish before the next proxy is loaded
+run_tool haproxy "ws://127.0.0.1:$HAP_PORT/ws" "$HAP_PID"
+
+# ---------------------------------------------------------------- 9. report
+for label in rtcgate haproxy; do
+    if [[ -s "$TMP/$label.smaps" ]]; then
+        echo "$label while holding (smaps_rollup, KiB): $(tr -s ' ' <"$TMP/$label.smaps" | sed 's/ kB//' | paste -sd' ')"
+    fi
+done
+for name in rtcgate haproxy; do
+    if [[ -s "$TMP/$name.log" ]]; then
+        echo "$name log: $(wc -l <"$TMP/$name.log") lines; distinct messages (count, timestamp stripped):"
+        sed -e 's/\x1b\[[0-9;]*m//g' -e 's/^[0-9T:.-]*Z *//' "$TMP/$name.log" | sort | uniq -c | sort -rn | head -n 10
+    fi
+done
+echo
+echo "N=$N tunnels, hold ${HOLD}s, $CONCURRENCY handshakes in flight; $(nproc) CPUs shared by tool, proxy and backends"
+grep -h '^RESULT ' "$TMP/rtcgate.out" "$TMP/haproxy.out"
+python3 - "$TMP/rtcgate.out" "$TMP/haproxy.out" <<'PY'
+import sys
+def res(path):
+    line = next(l for l in open(path) if l.startswith("RESULT "))
+    return dict(kv.split("=", 1) for kv in line.split()[1:])
+r, h = res(sys.argv[1]), res(sys.argv[2])
+def ratio(k):
+    try: return f"{float(r[k]) / float(h[k]):.3f}"
+    except (ValueError, ZeroDivisionError, KeyError): return "-"
+print(f"RATIO kib_per_tunnel={ratio('kib_per_tunnel')} rtt_p99={ratio('rtt_p99_ms')} "
+      f"rtt1_p99={ratio('rtt1_p99_ms')} (rtcgate/haproxy; failed: rtcgate={r['failed']} haproxy={h['failed']})")
+PY

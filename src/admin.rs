@@ -1,0 +1,251 @@
+//! The admin listener: `/metrics`, `/status`, a status page, and the calls that change a
+//! backend's admin state or reload the config.
+//!
+//! It runs on the control runtime, apart from the workers serving traffic. Reads are open (the
+//! listener is meant for loopback or a private network); when `[admin] token` is set, every POST
+//! needs `Authorization: Bearer <token>`, compared in constant time.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::state_name;
+use crate::pool::{AdminState, Backend};
+use crate::proxy::Proxy;
+use crate::snapshot::{Member, Snapshot};
+
+type Body = Full<Bytes>;
+
+/// Serves the admin API on `listener` until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let proxy = proxy.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let proxy = proxy.clone();
+                async move { Ok::<_, Infallible>(route(&proxy, req).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(client = %peer, error = %e, "admin connection error");
+                    }
+                }
+                _ = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().trim_end_matches('/').to_string();
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let method = req.method().clone();
+    match segments.as_slice() {
+        [] => get_only(&method, || page(&proxy.snapshot())),
+        ["metrics"] => get_only(&method, || {
+            let text = proxy.metrics().render(&proxy.snapshot());
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                text,
+            )
+        }),
+        ["status"] => get_only(&method, || {
+            json_reply(StatusCode::OK, status(&proxy.snapshot()))
+        }),
+        ["pools", pool, "backends", id, action] => {
+            let state = match *action {
+                "drain" => AdminState::Draining,
+                "maint" => AdminState::Maint,
+                "enable" => AdminState::Enabled,
+                _ => return not_found(),
+            };
+            if method != Method::POST {
+                return not_allowed("POST");
+            }
+            if let Some(denied) = authorize(proxy, &req) {
+                return denied;
+            }
+            let snap = proxy.snapshot();
+            let Some(member) = snap.pool(pool).and_then(|p| p.member(id)) else {
+                return json_reply(
+                    StatusCode::NOT_FOUND,
+                    json!({ "error": format!("no backend {id} in pool {pool}") }),
+                );
+            };
+            let before = member.backend.admin();
+            member.backend.set_admin(state);
+            tracing::info!(pool = %pool, backend = %id, from = ?before, to = ?state, "admin state changed");
+            json_reply(StatusCode::OK, backend_json(member))
+        }
+        ["reload"] => {
+            if method != Method::POST {
+                return not_allowed("POST");
+            }
+            if let Some(denied) = authorize(proxy, &req) {
+                return denied;
+            }
+            json_reply(
+                StatusCode::NOT_IMPLEMENTED,
+                json!({ "error": "reloading is not built yet; restart rtcgate to apply a new config" }),
+            )
+        }
+        _ => not_found(),
+    }
+}
+
+fn get_only(method: &Method, f: impl FnOnce() -> Response<Body>) -> Response<Body> {
+    if method == Method::GET || method == Method::HEAD {
+        f()
+    } else {
+        not_allowed("GET, HEAD")
+    }
+}
+
+/// `None` when the request may mutate; otherwise the 401 to send.
+fn authorize(proxy: &Proxy, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let snap = proxy.snapshot();
+    let token = snap.config.admin.token.as_deref()?;
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if bool::from(given.ct_eq(token.as_bytes())) {
+        return None;
+    }
+    let mut resp = json_reply(
+        StatusCode::UNAUTHORIZED,
+        json!({ "error": "a valid admin token is required" }),
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(resp)
+}
+
+fn backend_json(m: &Member) -> serde_json::Value {
+    let b: &Backend = &m.backend;
+    json!({
+        "id": &*b.id,
+        "address": b.addr.to_string(),
+        "state": state_name(b),
+        "sessions": b.sessions(),
+        "load": b.load(),
+        "inflight": b.inflight(),
+        "weight": m.weight,
+        "max_sessions": m.max_sessions,
+        "healthy": b.is_up(),
+    })
+}
+
+/// Every pool and backend, as `GET /status` answers.
+pub fn status(snap: &Snapshot) -> serde_json::Value {
+    let pools: Vec<_> = snap
+        .pools
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.config.name,
+                "backends": p.members.iter().map(backend_json).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "pools": pools })
+}
+
+fn page(snap: &Snapshot) -> Response<Body> {
+    let mut rows = String::new();
+    for p in &snap.pools {
+        for m in &p.members {
+            let b = &m.backend;
+            let state = state_name(b);
+            rows.push_str(&format!(
+                "<tr><td>{pool}</td><td class=\"id\">{id}</td><td>{addr}</td>\
+                 <td><span class=\"state {state}\">{state}</span></td>\
+                 <td class=\"n\">{sessions} / {max}</td><td class=\"n\">{load}</td><td class=\"n\">{weight}</td></tr>\n",
+                pool = escape(&p.config.name),
+                id = escape(&b.id),
+                addr = b.addr,
+                sessions = b.sessions(),
+                max = m.max_sessions,
+                load = b.load(),
+                weight = m.weight,
+            ));
+        }
+    }
+    if rows.is_empty() {
+        rows.push_str("<tr><td colspan=\"7\">No backends configured.</td></tr>");
+    }
+    reply(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        format!(include_str!("admin_page.html"), rows = rows),
+    )
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn json_reply(status: StatusCode, v: serde_json::Value) -> Response<Body> {
+    reply(status, "application/json", format!("{v:#}\n"))
+}
+
+fn not_found() -> Response<Body> {
+    json_reply(
+        StatusCode::NOT_FOUND,
+        json!({ "error": "no such admin endpoint" }),
+    )
+}
+
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = json_reply(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({ "error": format!("use {allow}") }),
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
