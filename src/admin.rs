@@ -95,17 +95,20 @@ async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
             if let Some(denied) = authorize(proxy, &req) {
                 return denied;
             }
-            let snap = proxy.snapshot();
-            let Some(member) = snap.pool(pool).and_then(|p| p.member(id)) else {
+            if !proxy.set_admin_state(pool, id, state) {
                 return json_reply(
                     StatusCode::NOT_FOUND,
                     json!({ "error": format!("no backend {id} in pool {pool}") }),
                 );
-            };
-            let before = member.backend.admin();
-            member.backend.set_admin(state);
-            tracing::info!(pool = %pool, backend = %id, from = ?before, to = ?state, "admin state changed");
-            json_reply(StatusCode::OK, backend_json(member))
+            }
+            let snap = proxy.snapshot();
+            match snap.pool(pool).and_then(|p| p.member(id)) {
+                Some(member) => json_reply(StatusCode::OK, backend_json(member)),
+                None => json_reply(
+                    StatusCode::CONFLICT,
+                    json!({ "error": "the backend left the configuration" }),
+                ),
+            }
         }
         ["reload"] => {
             if method != Method::POST {
@@ -164,6 +167,12 @@ fn backend_json(m: &Member) -> serde_json::Value {
         "weight": m.weight,
         "max_sessions": m.max_sessions,
         "healthy": b.is_up(),
+        "drained": b.drained(),
+        "last_check": b.last_check().map(|c| json!({
+            "at": humantime::format_rfc3339_seconds(c.at).to_string(),
+            "result": if c.passed { "pass" } else { "fail" },
+            "detail": c.detail,
+        })),
     })
 }
 
@@ -188,9 +197,10 @@ fn page(snap: &Snapshot) -> Response<Body> {
         for m in &p.members {
             let b = &m.backend;
             let state = state_name(b);
+            let shown = if b.drained() { "drained" } else { state };
             rows.push_str(&format!(
                 "<tr><td>{pool}</td><td class=\"id\">{id}</td><td>{addr}</td>\
-                 <td><span class=\"state {state}\">{state}</span></td>\
+                 <td><span class=\"state {state}\">{shown}</span></td>\
                  <td class=\"n\">{sessions} / {max}</td><td class=\"n\">{load}</td><td class=\"n\">{weight}</td></tr>\n",
                 pool = escape(&p.config.name),
                 id = escape(&b.id),

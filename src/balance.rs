@@ -77,8 +77,24 @@ pub fn serving(m: &Member) -> bool {
 
 /// Whether a backend can take a new pin: up, enabled and below its session cap.
 pub fn eligible(m: &Member) -> bool {
+    eligible_in(m, false)
+}
+
+/// [`eligible`], ignoring health when `fail_open`.
+fn eligible_in(m: &Member, fail_open: bool) -> bool {
     let b = &m.backend;
-    b.is_up() && b.admin() == AdminState::Enabled && b.sessions() < m.max_sessions
+    (fail_open || b.is_up()) && b.admin() == AdminState::Enabled && b.sessions() < m.max_sessions
+}
+
+/// Whether every backend not in maintenance is failing its health checks. Placement then fails
+/// open, as Envoy's panic threshold does: health checks can be what is broken (a bad path, a
+/// partition of the check port), and trying the backends costs little: a refused connect is
+/// retried once elsewhere and, when none answers, the client gets a 502 at once.
+pub fn all_down(pool: &Pool) -> bool {
+    !pool
+        .members
+        .iter()
+        .any(|m| m.backend.is_up() && m.backend.admin() != AdminState::Maint)
 }
 
 /// A room named by a request.
@@ -115,7 +131,7 @@ pub fn place<'a>(
             .filter(|m| eligible(m) || pinned.is_some_and(|p| std::ptr::eq(p, *m) && serving(m)));
         let member = match live {
             Some(m) => m,
-            None => room_backend(pool, room.name, pinned)?,
+            None => room_backend(pool, room.name, pinned, None)?,
         };
         let same = pinned.is_some_and(|p| std::ptr::eq(p, member));
         return Ok(Placement {
@@ -124,34 +140,58 @@ pub fn place<'a>(
             set_cookie: !same || refresh,
         });
     }
+    let pin_serves =
+        |m: &Member| serving(m) || (m.backend.admin() != AdminState::Maint && all_down(pool));
     match pinned {
-        Some(m) if serving(m) => Ok(Placement {
+        Some(m) if pin_serves(m) => Ok(Placement {
             member: m,
             outcome: Outcome::Hit,
             set_cookie: refresh,
         }),
         Some(_) if when_down == WhenDown::Reject => Err(Rejection::Down),
         _ => Ok(Placement {
-            member: least_loaded(pool)?,
+            member: least_loaded(pool, None)?,
             outcome: afresh,
             set_cookie: true,
         }),
     }
 }
 
-/// The eligible member with the least load per weight; ties go to the first at or after a
-/// rotating start, so idle backends share new users.
-pub fn least_loaded(pool: &Pool) -> Result<&Member, Rejection> {
+/// Places a user afresh after `failed` refused the connection: the room's next backend, or the
+/// least loaded one, never `failed`.
+pub fn place_elsewhere<'a>(
+    pool: &'a Pool,
+    room: Option<Room<'_>>,
+    failed: &str,
+) -> Result<&'a Member, Rejection> {
+    match room {
+        Some(room) => room_backend(pool, room.name, None, Some(failed)),
+        None => least_loaded(pool, Some(failed)),
+    }
+}
+
+/// The eligible member with the least load per weight, other than `skip`; ties go to the first
+/// at or after a rotating start, so idle backends share new users.
+pub fn least_loaded<'a>(pool: &'a Pool, skip: Option<&str>) -> Result<&'a Member, Rejection> {
+    let found = least_loaded_in(pool, skip, false);
+    match found {
+        None if all_down(pool) => least_loaded_in(pool, skip, true),
+        found => found,
+    }
+    .ok_or_else(|| no_room_reason(pool))
+}
+
+fn least_loaded_in<'a>(pool: &'a Pool, skip: Option<&str>, fail_open: bool) -> Option<&'a Member> {
     let members = &pool.members;
     let n = members.len();
     if n == 0 {
-        return Err(Rejection::NoBackend);
+        return None;
     }
     let start = pool.rotor.fetch_add(1, Ordering::Relaxed) % n;
     let mut best: Option<(&Member, u64)> = None;
     for i in 0..n {
         let m = &members[(start + i) % n];
-        if !eligible(m) {
+        if !eligible_in(m, fail_open) || skip.is_some_and(|s| *m.backend.id == *s) {
             continue;
         }
         let load = u64::from(m.backend.load());
@@ -162,7 +202,7 @@ pub fn least_loaded(pool: &Pool) -> Result<&Member, Rejection> {
             best = Some((m, load));
         }
     }
-    best.map(|(m, _)| m).ok_or_else(|| no_room_reason(pool))
+    best.map(|(m, _)| m)
 }
 
 /// Full when backends are serving but none can take a new pin; otherwise nothing is up.
@@ -186,7 +226,24 @@ fn room_backend<'a>(
     pool: &'a Pool,
     room: &str,
     pinned: Option<&Member>,
+    skip: Option<&str>,
 ) -> Result<&'a Member, Rejection> {
+    match room_backend_in(pool, room, pinned, skip, false) {
+        None if all_down(pool) => room_backend_in(pool, room, pinned, skip, true),
+        found => found,
+    }
+    .ok_or_else(|| no_room_reason(pool))
+}
+
+fn room_backend_in<'a>(
+    pool: &'a Pool,
+    room: &str,
+    pinned: Option<&Member>,
+    skip: Option<&str>,
+    fail_open: bool,
+) -> Option<&'a Member> {
+    let eligible =
+        |m: &Member| eligible_in(m, fail_open) && skip.is_none_or(|s| *m.backend.id != *s);
     let (mut total_load, mut total_weight) = (0u64, 0u64);
     for m in pool.members.iter().filter(|m| eligible(m)) {
         total_load += u64::from(m.backend.load());
@@ -216,11 +273,7 @@ fn room_backend<'a>(
     };
     let mut ranked: Vec<(f64, &Member)> = pool.members.iter().map(|m| (score(m), m)).collect();
     ranked.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
-    ranked
-        .iter()
-        .map(|&(_, m)| m)
-        .find(|m| can_take(m))
-        .ok_or_else(|| no_room_reason(pool))
+    ranked.iter().map(|&(_, m)| m).find(|m| can_take(m))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,8 +39,9 @@ const CHUNK: usize = 64 * 1024;
 pub struct DemoBackend {
     pub id: String,
     pub addr: SocketAddr,
-    /// Requests served so far, watchable so tests can wait for a request to arrive.
+    /// Requests served so far but health checks, watchable so tests can wait for one.
     requests: watch::Sender<u64>,
+    health_checks: AtomicU64,
     healthy: AtomicBool,
     /// Bytes `/sink` has received so far, across requests.
     received: watch::Sender<u64>,
@@ -64,6 +65,7 @@ impl DemoBackend {
             id: id.to_string(),
             addr,
             requests: watch::channel(0).0,
+            health_checks: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
             received: watch::channel(0).0,
             release: Notify::new(),
@@ -73,9 +75,14 @@ impl DemoBackend {
         backend
     }
 
-    /// Requests served so far (health checks included).
+    /// Requests served so far, health checks aside.
     pub fn requests(&self) -> u64 {
         *self.requests.borrow()
+    }
+
+    /// `/health` requests served so far.
+    pub fn health_checks(&self) -> u64 {
+        self.health_checks.load(Ordering::Relaxed)
     }
 
     /// Watches the count of requests served.
@@ -136,7 +143,11 @@ impl DemoBackend {
     }
 
     async fn serve(self: Arc<Self>, req: Request<Incoming>) -> Response<DemoBody> {
-        self.requests.send_modify(|n| *n += 1);
+        if req.uri().path() == "/health" {
+            self.health_checks.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.requests.send_modify(|n| *n += 1);
+        }
         let mut resp = if is_websocket(&req) && req.uri().path() != "/ws-refuse" {
             self.websocket(req)
         } else {

@@ -16,6 +16,7 @@
 //! | [`metrics`] | the owned Prometheus registry, every metric name and handle |
 //! | [`pool`] | backend runtime state and the registry that outlives snapshots |
 //! | [`admin`] | the admin listener: metrics, status JSON and page, drain/maint/enable, reload |
+//! | [`health`] | active health checks and rise/fall; passive failures feed the same counters |
 //! | [`demo`] | built-in demo backends for `rtcgate demo` and the tests |
 //!
 //! `main.rs` is the thin binary: CLI, logging, exit codes.
@@ -26,6 +27,7 @@ pub mod admin;
 pub mod balance;
 pub mod config;
 pub mod demo;
+pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -7,8 +7,11 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{BackendMetrics, Metrics};
 
@@ -37,6 +40,24 @@ pub struct Backend {
     sessions: AtomicU32,
     /// Requests between placement and the end of their response body.
     inflight: AtomicU32,
+    /// Consecutive passing and failing checks (active probes and passive failures alike).
+    passes: AtomicU32,
+    fails: AtomicU32,
+    /// The last active check, for `/status`.
+    last_check: Mutex<Option<CheckRecord>>,
+    /// Cancelled to close every open tunnel (drain timeout); replaced after use.
+    tunnels_stop: Mutex<CancellationToken>,
+    /// Bumped whenever the admin state changes, so a pending drain timer can tell it is stale.
+    admin_generation: AtomicU64,
+}
+
+/// The outcome of one active health check.
+#[derive(Debug, Clone)]
+pub struct CheckRecord {
+    pub at: SystemTime,
+    pub passed: bool,
+    /// What the probe saw: a status line, or the error.
+    pub detail: String,
 }
 
 impl Backend {
@@ -51,6 +72,11 @@ impl Backend {
             admin: AtomicU8::new(AdminState::Enabled as u8),
             sessions: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
+            passes: AtomicU32::new(0),
+            fails: AtomicU32::new(0),
+            last_check: Mutex::new(None),
+            tunnels_stop: Mutex::new(CancellationToken::new()),
+            admin_generation: AtomicU64::new(0),
         })
     }
 
@@ -70,8 +96,66 @@ impl Backend {
         }
     }
 
-    pub fn set_admin(&self, state: AdminState) {
+    /// Sets the admin state; returns the new admin generation (see [`Backend::admin_generation`]).
+    pub fn set_admin(&self, state: AdminState) -> u64 {
         self.admin.store(state as u8, Ordering::Relaxed);
+        self.admin_generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Changes with every admin state change.
+    pub fn admin_generation(&self) -> u64 {
+        self.admin_generation.load(Ordering::Relaxed)
+    }
+
+    /// Draining with nothing left on it: no tunnel, no request in flight.
+    pub fn drained(&self) -> bool {
+        self.admin() == AdminState::Draining && self.load() == 0
+    }
+
+    /// Counts one check result toward `rise` or `fall`; returns the new health when it flipped.
+    pub fn record_check(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
+        let up = self.is_up();
+        if passed {
+            self.fails.store(0, Ordering::Relaxed);
+            let n = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
+            if !up && n >= rise {
+                self.set_up(true);
+                return Some(true);
+            }
+        } else {
+            self.passes.store(0, Ordering::Relaxed);
+            let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
+            if up && n >= fall {
+                self.set_up(false);
+                return Some(false);
+            }
+        }
+        None
+    }
+
+    pub fn set_last_check(&self, record: CheckRecord) {
+        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+    }
+
+    pub fn last_check(&self) -> Option<CheckRecord> {
+        self.last_check
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A token cancelled when this backend's tunnels are to be closed.
+    pub fn tunnels_stop(&self) -> CancellationToken {
+        self.tunnels_stop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Closes every open tunnel; tunnels opened afterwards are not affected.
+    pub fn close_tunnels(&self) {
+        let old = std::mem::take(&mut *self.tunnels_stop.lock().unwrap_or_else(|e| e.into_inner()));
+        old.cancel();
     }
 
     pub fn sessions(&self) -> u32 {

@@ -24,8 +24,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::balance::{self, Rejection};
 use crate::config::{Config, ConfigError};
+use crate::health::HealthCheckers;
 use crate::metrics::{Metrics, PoolMetrics};
-use crate::pool::{Backend, InFlight, LiveRooms, Registry};
+use crate::pool::{AdminState, Backend, InFlight, LiveRooms, Registry};
 use crate::snapshot::Snapshot;
 use crate::sticky;
 use crate::tunnel;
@@ -160,6 +161,7 @@ struct Shared {
     rooms: Arc<LiveRooms>,
     /// Connections and tunnels, waited for at shutdown.
     tasks: TaskTracker,
+    health: HealthCheckers,
 }
 
 impl Proxy {
@@ -174,6 +176,7 @@ impl Proxy {
                 registry,
                 rooms: Arc::default(),
                 tasks: TaskTracker::new(),
+                health: HealthCheckers::default(),
             }),
             upstream,
         }))
@@ -212,6 +215,31 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.shared.registry.metrics()
+    }
+
+    /// The health checkers of the current snapshot's backends.
+    pub fn health(&self) -> &HealthCheckers {
+        &self.shared.health
+    }
+
+    /// Sets a backend's admin state. Draining starts the pool's `drain_timeout`, after which the
+    /// backend's remaining tunnels are closed unless its state changed meanwhile. Returns false
+    /// when the pool has no such backend.
+    pub fn set_admin_state(&self, pool: &str, id: &str, state: AdminState) -> bool {
+        let snap = self.snapshot();
+        let Some((backend, drain_timeout)) = snap
+            .pool(pool)
+            .and_then(|p| Some((p.member(id)?.backend.clone(), p.config.drain_timeout)))
+        else {
+            return false;
+        };
+        let before = backend.admin();
+        let generation = backend.set_admin(state);
+        tracing::info!(%pool, backend = %id, from = ?before, to = ?state, "admin state changed");
+        if state == AdminState::Draining {
+            drain_after(backend, generation, drain_timeout);
+        }
+        true
     }
 
     /// The tracker of client connections and tunnels, which shutdown waits for.
@@ -319,6 +347,9 @@ impl Proxy {
             set_cookie,
             room,
             pool_metrics: pool.metrics.clone(),
+            tls,
+            rise: pool.config.health.rise,
+            fall: pool.config.health.fall,
             response_timeout: snap.config.limits.response_timeout,
             tunnel_idle_timeout: snap.config.limits.tunnel_idle_timeout,
         })
@@ -330,24 +361,41 @@ impl Proxy {
         conn: &Arc<ConnInfo>,
         placed: Placed,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let mut req = req;
-        let backend = &placed.backend;
+        let (mut req, mut placed) = (req, placed);
         let kind = tunnel::websocket_kind(&req);
         let client_upgrade = kind.map(|_| hyper::upgrade::on(&mut req));
-        let (upstream, accept) = upstream_request(req, conn, kind)?;
-        let sent = tokio::time::timeout(
-            placed.response_timeout,
-            self.upstream.send(backend.addr, upstream),
-        )
-        .await;
-        let (mut resp, lease) = match sent {
-            Ok(Ok(sent)) => sent,
-            Ok(Err(e)) => return Err(classify(backend, e)),
-            Err(_) => {
-                return Err(ProxyError::Timeout {
-                    backend: backend.id.to_string(),
-                    cause: format!("no response within {:?}", placed.response_timeout),
-                })
+        let (mut upstream, accept) = upstream_request(req, conn, kind)?;
+        let deadline = tokio::time::Instant::now() + placed.response_timeout;
+        let mut retried = false;
+        let (mut resp, lease) = loop {
+            let backend = placed.backend.clone();
+            let sent =
+                tokio::time::timeout_at(deadline, self.upstream.send(backend.addr, upstream));
+            let (e, unsent) = match sent.await {
+                Ok(Ok(sent)) => break sent,
+                Ok(Err(failed)) => failed,
+                Err(_) => {
+                    return Err(ProxyError::Timeout {
+                        backend: backend.id.to_string(),
+                        cause: format!("no response within {:?}", placed.response_timeout),
+                    })
+                }
+            };
+            // A refused connect or a reset counts toward the backend's `fall`.
+            if backend.record_check(false, placed.rise, placed.fall) == Some(false) {
+                tracing::warn!(pool = %backend.pool, backend = %backend.id, error = %e, "backend is down (passive check)");
+            }
+            let err = classify(&backend, e);
+            // A request that never left is tried once more, elsewhere, as a new user.
+            match (unsent, retried) {
+                (Some(req), false) => match self.place_elsewhere(&placed) {
+                    Some(next) => {
+                        tracing::debug!(failed = %backend.id, retry = %next.backend.id, error = %err, "retrying elsewhere");
+                        (upstream, placed, retried) = (req, next, true);
+                    }
+                    None => return Err(err),
+                },
+                _ => return Err(err),
             }
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -367,6 +415,36 @@ impl Proxy {
                 _inflight: placed.inflight,
             })
         }))
+    }
+
+    /// A new placement for a request whose backend refused it: another backend of the same
+    /// pool (the room's next, or the least loaded), with a cookie pinning the user there.
+    fn place_elsewhere(&self, failed: &Placed) -> Option<Placed> {
+        let snap = self.shared.snapshot.load();
+        let pool = snap.pool(&failed.backend.pool)?;
+        let room = failed.room.as_deref().map(|name| balance::Room {
+            name,
+            live_on: None,
+        });
+        let member = balance::place_elsewhere(pool, room, &failed.backend.id).ok()?;
+        let backend = &member.backend;
+        let set_cookie = match &member.pin_cache {
+            Some(c) => c.set_cookie(failed.tls),
+            None => snap.sticky.set_cookie(
+                &pool.config.name,
+                &backend.id,
+                sticky::unix_now(),
+                failed.tls,
+            ),
+        };
+        Some(Placed {
+            inflight: backend.start_request(),
+            backend: backend.clone(),
+            set_cookie: Some(set_cookie),
+            room: failed.room.clone(),
+            pool_metrics: failed.pool_metrics.clone(),
+            ..*failed
+        })
     }
 }
 
@@ -414,7 +492,12 @@ impl Proxy {
                 }
             };
             let opened = Instant::now();
-            let ended = tunnel::pump(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+            let stop = backend.tunnels_stop();
+            let pumping = tunnel::pump(TokioIo::new(client), TokioIo::new(upstream), idle);
+            let ended = tokio::select! {
+                ended = pumping => ended,
+                _ = stop.cancelled() => Ok(tunnel::End::Drained),
+            };
             pool_metrics
                 .tunnel_duration
                 .observe(opened.elapsed().as_secs_f64());
@@ -431,6 +514,18 @@ impl Proxy {
     }
 }
 
+/// Closes `backend`'s tunnels once `timeout` has passed, if it is still in the drain that
+/// `generation` started.
+pub fn drain_after(backend: Arc<Backend>, generation: u64, timeout: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        if backend.admin_generation() == generation && backend.sessions() > 0 {
+            tracing::info!(pool = %backend.pool, backend = %backend.id, sessions = backend.sessions(), "drain timeout: closing the remaining tunnels");
+            backend.close_tunnels();
+        }
+    });
+}
+
 /// A placement decision, carried out of the snapshot's scope.
 struct Placed {
     backend: Arc<Backend>,
@@ -440,6 +535,11 @@ struct Placed {
     /// The room the request named, kept for a tunnel's lifetime.
     room: Option<String>,
     pool_metrics: Arc<PoolMetrics>,
+    /// Whether the client came over TLS (for the cookie's Secure attribute).
+    tls: bool,
+    /// The pool's health thresholds, for passive failures.
+    rise: u32,
+    fall: u32,
     response_timeout: Duration,
     tunnel_idle_timeout: Duration,
 }

@@ -106,6 +106,7 @@ pub async fn run(
             sockets.push((l.into_std()?, tls));
         }
     }
+    proxy.health().sync(&proxy.snapshot());
     if let Some(admin) = listeners.admin {
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
         tokio::spawn(crate::admin::serve(admin, proxy.clone(), ctx.stop.clone()));
@@ -144,6 +145,7 @@ pub async fn run(
         );
     }
     ctx.stop.cancel();
+    proxy.health().stop_all();
     tokio::task::spawn_blocking(move || {
         for t in threads {
             let _ = t.join();

@@ -131,6 +131,8 @@ pub enum End {
     Closed,
     /// Nothing moved for the idle timeout (or, once one side closed, for a second).
     Idle,
+    /// Closed by rtcgate: its backend's drain timed out.
+    Drained,
 }
 
 /// Pumps bytes both ways between `a` and `b` until both directions have ended, either side fails,

@@ -77,18 +77,28 @@ impl Upstream {
     }
 
     /// Sends `req` (origin-form URI, headers final) to `addr` and waits for the response head.
+    ///
+    /// A request that never left (the connect failed) comes back with the error, so the caller
+    /// may try another backend. A pooled connection that turns out closed is replaced by a fresh
+    /// one: at once when hyper hands the request back unsent, and also when a bodyless GET, HEAD
+    /// or OPTIONS got no response at all (the backend closed an idle connection as we wrote
+    /// to it; replaying such a request is safe).
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
         req: Request<UpstreamBody>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Lease), (UpstreamError, Option<Request<UpstreamBody>>)> {
         let mut req = req;
         let mut fresh_only = false;
         loop {
             let (mut sender, reused) = match self.take(addr).filter(|_| !fresh_only) {
                 Some(s) => (s, true),
-                None => (self.connect(addr).await?, false),
+                None => match self.connect(addr).await {
+                    Ok(s) => (s, false),
+                    Err(e) => return Err((e, Some(req))),
+                },
             };
+            let replay = if reused { replayable(&req) } else { None };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let lease = Lease {
@@ -98,15 +108,18 @@ impl Upstream {
                     };
                     return Ok((resp, lease));
                 }
-                Err(mut e) => match e.take_message() {
-                    // A pooled connection the backend closed before our request went out:
-                    // nothing was sent, so one retry on a new connection is safe.
-                    Some(unsent) if reused => {
+                Err(mut e) => {
+                    fresh_only = true;
+                    if let Some(unsent) = e.take_message().filter(|_| reused) {
                         req = unsent;
-                        fresh_only = true;
+                        continue;
                     }
-                    _ => return Err(UpstreamError::Http(e.into_error())),
-                },
+                    let e = e.into_error();
+                    match replay {
+                        Some(copy) if e.is_incomplete_message() || e.is_canceled() => req = copy,
+                        _ => return Err((UpstreamError::Http(e), None)),
+                    }
+                }
             }
         }
     }
@@ -173,4 +186,21 @@ impl Upstream {
         });
         Ok(sender)
     }
+}
+
+/// A copy of `req` to send again if a reused connection dies under it: only for requests safe to
+/// repeat (GET, HEAD, OPTIONS) that carry no body.
+fn replayable(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    use http::Method;
+    use hyper::body::Body as _;
+    let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if !idempotent || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(http_body_util::Either::Right(http_body_util::Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }

@@ -1,0 +1,161 @@
+//! Active health checks: one task per backend, probing at once and then every `interval` (with a
+//! little jitter so a pool's checks do not beat in step), each probe under `timeout`. Results feed
+//! the backend's rise/fall counters ([`crate::pool::Backend::record_check`]), which passive
+//! failures seen by `proxy.rs` feed too. Checks go on for draining and maintenance backends, so
+//! their health is known before they are enabled again.
+//!
+//! [`HealthCheckers::sync`] makes the running checkers match a snapshot: a backend that stays
+//! with the same settings keeps its checker (and its counters); one that leaves loses it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{header, Request};
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::HealthConfig;
+use crate::pool::{Backend, CheckRecord};
+use crate::snapshot::Snapshot;
+
+type Key = (Arc<str>, Arc<str>, SocketAddr);
+
+struct Running {
+    config: HealthConfig,
+    stop: CancellationToken,
+}
+
+/// The checker tasks, one per backend of the current snapshot.
+#[derive(Default)]
+pub struct HealthCheckers {
+    running: Mutex<HashMap<Key, Running>>,
+}
+
+impl HealthCheckers {
+    /// Starts, keeps or stops checkers so that exactly the members of `snap` are checked, each
+    /// with its pool's settings. Must be called from within a tokio runtime.
+    pub fn sync(&self, snap: &Snapshot) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::new();
+        for pool in &snap.pools {
+            for m in &pool.members {
+                let b = &m.backend;
+                let key = (b.pool.clone(), b.id.clone(), b.addr);
+                let config = pool.config.health.clone();
+                match running.remove(&key) {
+                    Some(r) if r.config == config => {
+                        next.insert(key, r);
+                    }
+                    old => {
+                        if let Some(old) = old {
+                            old.stop.cancel();
+                        }
+                        let stop = CancellationToken::new();
+                        tokio::spawn(check_loop(b.clone(), config.clone(), stop.clone()));
+                        next.insert(key, Running { config, stop });
+                    }
+                }
+            }
+        }
+        for (_, gone) in running.drain() {
+            gone.stop.cancel();
+        }
+        *running = next;
+    }
+
+    /// Stops every checker.
+    pub fn stop_all(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, r) in running.drain() {
+            r.stop.cancel();
+        }
+    }
+}
+
+async fn check_loop(backend: Arc<Backend>, config: HealthConfig, stop: CancellationToken) {
+    loop {
+        let result = tokio::select! {
+            r = probe(backend.addr, &config) => r,
+            _ = stop.cancelled() => return,
+        };
+        let passed = result.is_ok();
+        let detail = match result {
+            Ok(d) | Err(d) => d,
+        };
+        if passed {
+            backend.metrics.checks_pass.inc();
+        } else {
+            backend.metrics.checks_fail.inc();
+        }
+        match backend.record_check(passed, config.rise, config.fall) {
+            Some(true) => {
+                tracing::info!(pool = %backend.pool, backend = %backend.id, %detail, "backend is up")
+            }
+            Some(false) => {
+                tracing::warn!(pool = %backend.pool, backend = %backend.id, %detail, "backend is down")
+            }
+            None => {}
+        }
+        backend.set_last_check(CheckRecord {
+            at: SystemTime::now(),
+            passed,
+            detail,
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(jittered(config.interval)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// `interval` ± 10 %.
+fn jittered(interval: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_or(0.5, |_| {
+            f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX)
+        });
+    interval.mul_f64(0.9 + 0.2 * r)
+}
+
+/// One probe: a TCP connect, or an HTTP GET whose 2xx passes. `Ok` and `Err` both say what was
+/// seen.
+async fn probe(addr: SocketAddr, config: &HealthConfig) -> Result<String, String> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let Some(path) = &config.path else {
+            return Ok("TCP connect".to_string());
+        };
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let req = Request::get(path.as_str())
+            .header(header::HOST, addr.to_string())
+            .header(header::USER_AGENT, "rtcgate-health")
+            .header(header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        let status = resp.status();
+        let seen = format!("GET {path}: {}", status.as_u16());
+        if status.is_success() {
+            Ok(seen)
+        } else {
+            Err(seen)
+        }
+    };
+    tokio::time::timeout(config.timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", config.timeout)))
+}

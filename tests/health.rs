@@ -1,0 +1,231 @@
+//! Health: active checks with rise/fall, passive ejection with retry, TCP checks, fail-open when
+//! everything is down, and drain to zero.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use support::*;
+
+/// A pool checked every 100 ms, 50 ms per probe, two results to flip.
+const FAST: &str =
+    "[pools.media.health]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nrise = 2\nfall = 2\n";
+
+fn with_health(toml: &str, health: &str) -> String {
+    toml.replacen(
+        "[[pools.media.backends]]",
+        &format!("{health}\n[[pools.media.backends]]"),
+        1,
+    )
+}
+
+fn backend_state(proxy: &TestProxy, id: &str) -> std::sync::Arc<rtcgate::pool::Backend> {
+    proxy.proxy.snapshot().pools[0]
+        .member(id)
+        .expect("member")
+        .backend
+        .clone()
+}
+
+#[tokio::test]
+async fn a_failing_backend_is_ejected_within_fall_times_interval_and_comes_back_after_rise() {
+    let backends = spawn_backends(2).await;
+    let proxy = spawn_proxy(&with_health(&config_for(&backends, ""), FAST)).await;
+    let b1 = backend_state(&proxy, "b1");
+    eventually("b1's first checks pass", || {
+        b1.last_check().is_some_and(|c| c.passed)
+    })
+    .await;
+
+    backends[0].set_healthy(false);
+    let started = Instant::now();
+    eventually("b1 marked down", || !b1.is_up()).await;
+    let took = started.elapsed();
+    // fall × interval + timeout = 250 ms, with ±10 % jitter and a loaded machine's slack.
+    eprintln!("ejection took {took:?} (fall × interval + timeout = 250ms)");
+    assert!(
+        took < Duration::from_millis(250 + 750),
+        "ejection took {took:?}"
+    );
+    let mut c = proxy.h1().await;
+    for _ in 0..10 {
+        assert_eq!(
+            c.get("/").await.backend(),
+            "b2",
+            "a down backend gets no new users"
+        );
+    }
+    let last = b1.last_check().expect("checked");
+    assert!(
+        !last.passed && last.detail.contains("503"),
+        "{}",
+        last.detail
+    );
+
+    backends[0].set_healthy(true);
+    eventually("b1 back up after rise passes", || b1.is_up()).await;
+    let mut seen = HashSet::new();
+    for _ in 0..6 {
+        seen.insert(c.get("/").await.backend().to_string());
+    }
+    assert!(seen.contains("b1"), "b1 takes new users again: {seen:?}");
+}
+
+#[tokio::test]
+async fn a_killed_backend_costs_no_failed_response_and_its_users_are_repinned() {
+    let backends = spawn_backends(3).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let mut c = proxy.h1_plain().await;
+    let first = c.get("/").await;
+    let victim = first.backend().to_string();
+    let pair = first
+        .headers
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("cookie")
+        .to_string();
+    let mut failures = Vec::new();
+    let mut repinned = None;
+    for i in 0..2000 {
+        if i == 500 {
+            backends
+                .iter()
+                .find(|b| b.id == victim)
+                .expect("victim")
+                .kill();
+        }
+        // Every tenth request is the pinned user; the rest are new users.
+        let pinned = i % 10 == 0;
+        let mut req = c.request("GET", "/");
+        if pinned {
+            req = req.header("cookie", repinned.as_deref().unwrap_or(pair.as_str()));
+        }
+        let r = c.fetch(req.body(empty()).expect("request")).await;
+        if r.status != StatusCode::OK {
+            failures.push((i, r.status, r.text()));
+            continue;
+        }
+        if i >= 500 {
+            assert_ne!(r.backend(), victim, "request {i} reached the dead backend");
+            if pinned && repinned.is_none() {
+                let fresh = r.headers.get("set-cookie").and_then(|v| v.to_str().ok());
+                let fresh = fresh
+                    .expect("the pinned user gets a new cookie")
+                    .split(';')
+                    .next();
+                repinned = fresh.map(str::to_string);
+            }
+        } else if pinned {
+            assert_eq!(r.backend(), victim);
+        }
+    }
+    assert!(failures.is_empty(), "failed responses: {failures:?}");
+    let repinned = repinned.expect("the pinned user was re-pinned");
+    assert!(!repinned.contains(&format!(":{victim}:")));
+    assert!(
+        !backend_state(&proxy, &victim).is_up(),
+        "passive failures ejected it"
+    );
+}
+
+#[tokio::test]
+async fn a_tcp_check_pool_works() {
+    let backends = spawn_backends(2).await;
+    let tcp = FAST.replace("interval", "path = \"\"\ninterval");
+    let proxy = spawn_proxy(&with_health(&config_for(&backends, ""), &tcp)).await;
+    let b1 = backend_state(&proxy, "b1");
+    eventually("b1 checked", || b1.last_check().is_some()).await;
+    assert_eq!(
+        b1.last_check().map(|c| c.detail),
+        Some("TCP connect".to_string())
+    );
+    assert_eq!(
+        backends[0].health_checks(),
+        0,
+        "a TCP check sends no HTTP request"
+    );
+    backends[0].kill();
+    eventually("b1 marked down", || !b1.is_up()).await;
+    let status = proxy.admin().await.get("/status").await.json();
+    let b1_status = &status["pools"][0]["backends"][0];
+    assert_eq!(b1_status["state"], "down");
+    assert_eq!(b1_status["last_check"]["result"], "fail");
+    let mut c = proxy.h1().await;
+    for _ in 0..4 {
+        assert_eq!(c.get("/").await.backend(), "b2");
+    }
+}
+
+#[tokio::test]
+async fn when_every_backend_fails_its_checks_traffic_fails_open() {
+    let backends = spawn_backends(2).await;
+    let proxy = spawn_proxy(&with_health(&config_for(&backends, ""), FAST)).await;
+    for b in &backends {
+        b.set_healthy(false);
+    }
+    eventually("both marked down", || {
+        !backend_state(&proxy, "b1").is_up() && !backend_state(&proxy, "b2").is_up()
+    })
+    .await;
+    // The servers answer; only their health endpoint fails. Users are still served.
+    let r = proxy.h1().await.get("/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    // And when they are truly gone, the client learns it at once.
+    for b in &backends {
+        b.kill();
+    }
+    let r = proxy.h1().await.get("/").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn a_draining_backends_tunnels_close_at_drain_timeout() {
+    let backends = spawn_backends(2).await;
+    let toml = config_for(&backends, "").replace(
+        "hosts = [\"*\"]",
+        "hosts = [\"*\"]\ndrain_timeout = \"300ms\"",
+    );
+    let proxy = spawn_proxy(&toml).await;
+    let mut ws = proxy.ws_plain("/ws", None).await;
+    echo(ws.ws(), "before the drain").await;
+    let on = ws.backend();
+    let mut admin = proxy.admin().await;
+    let req = admin
+        .request("POST", &format!("/pools/media/backends/{on}/drain"))
+        .body(empty())
+        .expect("request");
+    assert_eq!(admin.fetch(req).await.status, StatusCode::OK);
+    echo(ws.ws(), "still open while draining").await;
+    let status = proxy.admin().await.get("/status").await.json();
+    let listed = status["pools"][0]["backends"]
+        .as_array()
+        .expect("list")
+        .clone();
+    let mine = listed
+        .iter()
+        .find(|b| b["id"] == on.as_str())
+        .expect("listed");
+    assert_eq!(
+        (mine["state"].as_str(), mine["drained"].as_bool()),
+        (Some("draining"), Some(false))
+    );
+    closed(ws.ws()).await;
+    let b = backend_state(&proxy, &on);
+    eventually("the drained backend has no session left", || {
+        b.sessions() == 0
+    })
+    .await;
+    let status = proxy.admin().await.get("/status").await.json();
+    let listed = status["pools"][0]["backends"]
+        .as_array()
+        .expect("list")
+        .clone();
+    let mine = listed
+        .iter()
+        .find(|b| b["id"] == on.as_str())
+        .expect("listed");
+    assert_eq!(mine["drained"], true, "drained to zero is reported");
+}
