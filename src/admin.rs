@@ -80,7 +80,7 @@ async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
             )
         }),
         ["status"] => get_only(&method, || {
-            json_reply(StatusCode::OK, status(&proxy.snapshot()))
+            json_reply(StatusCode::OK, status(proxy, &proxy.snapshot()))
         }),
         ["pools", pool, "backends", id, action] => {
             let state = match *action {
@@ -117,10 +117,13 @@ async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
             if let Some(denied) = authorize(proxy, &req) {
                 return denied;
             }
-            json_reply(
-                StatusCode::NOT_IMPLEMENTED,
-                json!({ "error": "reloading is not built yet; restart rtcgate to apply a new config" }),
-            )
+            match proxy.reload() {
+                Ok(()) => json_reply(StatusCode::OK, json!({ "result": "ok" })),
+                Err(e) => json_reply(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    json!({ "result": "error", "error": e }),
+                ),
+            }
         }
         _ => not_found(),
     }
@@ -177,7 +180,7 @@ fn backend_json(m: &Member) -> serde_json::Value {
 }
 
 /// Every pool and backend, as `GET /status` answers.
-pub fn status(snap: &Snapshot) -> serde_json::Value {
+pub fn status(proxy: &Proxy, snap: &Snapshot) -> serde_json::Value {
     let pools: Vec<_> = snap
         .pools
         .iter()
@@ -188,7 +191,16 @@ pub fn status(snap: &Snapshot) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "pools": pools })
+    let reload = proxy.reload_status();
+    let at = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    json!({
+        "pools": pools,
+        "config": snap.config.source.display().to_string(),
+        "reload": {
+            "last_ok": reload.last_ok.map(at),
+            "last_error": reload.last_error.map(|(t, e)| json!({ "at": at(t), "error": e })),
+        },
+    })
 }
 
 fn page(snap: &Snapshot) -> Response<Body> {

@@ -13,6 +13,7 @@
 //! | [`balance`] | placement over a snapshot's pool; no I/O |
 //! | [`snapshot`] | the immutable config-derived view swapped whole by `arc_swap` |
 //! | [`sticky`] | the signed session cookie: sign, verify, rotate, strip, Set-Cookie |
+//! | [`reload`] | reload triggers (file watch, SIGHUP) and the drain ticker for removed backends |
 //! | [`metrics`] | the owned Prometheus registry, every metric name and handle |
 //! | [`pool`] | backend runtime state and the registry that outlives snapshots |
 //! | [`admin`] | the admin listener: metrics, status JSON and page, drain/maint/enable, reload |
@@ -31,6 +32,7 @@ pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod snapshot;
 pub mod sticky;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
@@ -279,9 +279,44 @@ impl Drop for RoomTunnel {
 
 type Key = (String, String, SocketAddr);
 
+/// What a snapshot needs to list a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub pool: &'a str,
+    pub id: &'a str,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub max_sessions: u32,
+    /// Its pool's `drain_timeout`, should it leave later.
+    pub drain_timeout: Duration,
+}
+
+/// A backend the configuration no longer lists: it drains (its pinned users and tunnels keep
+/// working, it takes no new pins) until `until`, then its tunnels are closed and it is gone.
+#[derive(Debug, Clone)]
+pub struct Leaving {
+    pub backend: Arc<Backend>,
+    pub weight: u32,
+    pub max_sessions: u32,
+    pub until: Instant,
+}
+
+struct Kept {
+    backend: Arc<Backend>,
+    weight: u32,
+    max_sessions: u32,
+    drain_timeout: Duration,
+}
+
+#[derive(Default)]
+struct Backends {
+    live: HashMap<Key, Kept>,
+    leaving: HashMap<Key, Leaving>,
+}
+
 /// Backends by (pool, id, address), outliving snapshots, and the metrics they report to.
 pub struct Registry {
-    backends: Mutex<HashMap<Key, Arc<Backend>>>,
+    backends: Mutex<Backends>,
     metrics: Arc<Metrics>,
 }
 
@@ -300,7 +335,7 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     pub fn new(metrics: Arc<Metrics>) -> Registry {
         Registry {
-            backends: Mutex::new(HashMap::new()),
+            backends: Mutex::new(Backends::default()),
             metrics,
         }
     }
@@ -309,27 +344,74 @@ impl Registry {
         &self.metrics
     }
 
-    /// Makes the registry hold exactly `wanted`, reusing the state of backends that survive.
-    /// Returns the backends in `wanted` order, and the ones that left.
-    pub fn update(
-        &self,
-        wanted: &[(&str, &str, SocketAddr)],
-    ) -> (Vec<Arc<Backend>>, Vec<Arc<Backend>>) {
-        let mut map = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = HashMap::with_capacity(wanted.len());
+    /// Makes the registry list exactly `wanted`, reusing the state of backends that stay (or
+    /// come back while still leaving). Backends no longer wanted start leaving. Returns the
+    /// wanted backends in order, and every backend still leaving.
+    pub fn update(&self, wanted: &[Wanted<'_>]) -> (Vec<Arc<Backend>>, Vec<Leaving>) {
+        let mut all = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = HashMap::with_capacity(wanted.len());
         let mut kept = Vec::with_capacity(wanted.len());
-        for &(pool, id, addr) in wanted {
-            let key = (pool.to_string(), id.to_string(), addr);
-            let b = map
-                .remove(&key)
-                .unwrap_or_else(|| Backend::new(pool, id, addr, &self.metrics));
-            kept.push(b.clone());
-            next.insert(key, b);
+        for w in wanted {
+            let key = (w.pool.to_string(), w.id.to_string(), w.addr);
+            let backend = match all.live.remove(&key) {
+                Some(k) => k.backend,
+                None => match all.leaving.remove(&key) {
+                    Some(back) => {
+                        tracing::info!(pool = %w.pool, backend = %w.id, "backend listed again: it stops leaving");
+                        back.backend.set_admin(AdminState::Enabled);
+                        back.backend
+                    }
+                    None => Backend::new(w.pool, w.id, w.addr, &self.metrics),
+                },
+            };
+            kept.push(backend.clone());
+            let k = Kept {
+                backend,
+                weight: w.weight,
+                max_sessions: w.max_sessions,
+                drain_timeout: w.drain_timeout,
+            };
+            live.insert(key, k);
         }
-        let gone: Vec<Arc<Backend>> = std::mem::replace(&mut *map, next).into_values().collect();
-        for b in &gone {
+        let now = Instant::now();
+        for (key, gone) in std::mem::replace(&mut all.live, live) {
+            let b = &gone.backend;
+            tracing::info!(pool = %b.pool, backend = %b.id, addr = %b.addr, drain_timeout = ?gone.drain_timeout, "backend removed: draining");
+            b.set_admin(AdminState::Draining);
+            all.leaving.insert(
+                key,
+                Leaving {
+                    backend: gone.backend,
+                    weight: gone.weight,
+                    max_sessions: gone.max_sessions,
+                    until: now + gone.drain_timeout,
+                },
+            );
+        }
+        (kept, all.leaving.values().cloned().collect())
+    }
+
+    /// Backends still leaving.
+    pub fn leaving(&self) -> Vec<Leaving> {
+        let all = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        all.leaving.values().cloned().collect()
+    }
+
+    /// Ends the drain of leaving backends whose time is up: closes their tunnels and removes
+    /// their metric series. Returns how many went.
+    pub fn expire(&self, now: Instant) -> usize {
+        let mut all = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        let before = all.leaving.len();
+        all.leaving.retain(|_, l| {
+            if l.until > now {
+                return true;
+            }
+            let b = &l.backend;
+            tracing::info!(pool = %b.pool, backend = %b.id, sessions = b.sessions(), "removed backend's drain is over");
+            b.close_tunnels();
             self.metrics.remove_backend(&b.metrics);
-        }
-        (kept, gone)
+            false
+        });
+        before - all.leaving.len()
     }
 }

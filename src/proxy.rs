@@ -8,9 +8,9 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::balance::{self, Rejection};
@@ -30,7 +31,7 @@ use crate::pool::{AdminState, Backend, InFlight, LiveRooms, Registry};
 use crate::snapshot::Snapshot;
 use crate::sticky;
 use crate::tunnel;
-use crate::upstream::{Lease, Upstream, UpstreamError};
+use crate::upstream::{Lease, Upstream, UpstreamError, UpstreamLimits};
 
 /// Body sent to backends: the client's, or empty for requests rtcgate makes or replays.
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
@@ -162,14 +163,27 @@ struct Shared {
     /// Connections and tunnels, waited for at shutdown.
     tasks: TaskTracker,
     health: HealthCheckers,
+    /// Slots under `max_connections`, and how many there are (a reload may change it).
+    connection_slots: Arc<Semaphore>,
+    slots: Mutex<usize>,
+    /// Serialises reloads and the expiry of leaving backends.
+    reloading: Mutex<ReloadStatus>,
+}
+
+/// When the configuration was last (re)loaded, and the last failure.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub last_ok: Option<SystemTime>,
+    pub last_error: Option<(SystemTime, String)>,
 }
 
 impl Proxy {
     /// Builds the first snapshot of `config` and the upstream client.
     pub fn new(config: Config) -> Result<Arc<Proxy>, ConfigError> {
         let registry = Registry::new(Arc::new(Metrics::new()));
-        let upstream = Upstream::new(&config.limits);
-        let (snapshot, _) = Snapshot::build(config, &registry)?;
+        let upstream = Upstream::new();
+        let slots = config.limits.max_connections;
+        let snapshot = Snapshot::build(config, &registry)?;
         Ok(Arc::new(Proxy {
             shared: Arc::new(Shared {
                 snapshot: ArcSwap::from_pointee(snapshot),
@@ -177,6 +191,12 @@ impl Proxy {
                 rooms: Arc::default(),
                 tasks: TaskTracker::new(),
                 health: HealthCheckers::default(),
+                connection_slots: Arc::new(Semaphore::new(slots)),
+                slots: Mutex::new(slots),
+                reloading: Mutex::new(ReloadStatus {
+                    last_ok: Some(SystemTime::now()),
+                    last_error: None,
+                }),
             }),
             upstream,
         }))
@@ -186,16 +206,16 @@ impl Proxy {
     pub fn for_worker(&self) -> Arc<Proxy> {
         Arc::new(Proxy {
             shared: self.shared.clone(),
-            upstream: Upstream::new(&self.snapshot().config.limits),
+            upstream: Upstream::new(),
         })
     }
 
     /// Closes this worker's backend connections that stayed idle too long, periodically.
     pub async fn sweep_idle_connections(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.upstream.sweep_every());
         loop {
-            tick.tick().await;
-            self.upstream.sweep();
+            let idle = self.snapshot().config.limits.upstream_idle_timeout;
+            tokio::time::sleep(idle).await;
+            self.upstream.sweep(idle);
         }
     }
 
@@ -215,6 +235,106 @@ impl Proxy {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.shared.registry.metrics()
+    }
+
+    /// Re-reads the configuration file and, when it is valid, swaps in a snapshot built from
+    /// it: backends that stay keep their state, counters, tunnels and metric series; removed
+    /// ones drain. A bad file changes nothing: the error is logged, counted and kept for
+    /// `/status`, and returned. Listener addresses and `workers` are fixed at start; a change
+    /// to them is logged as needing a restart, and the rest of the file is applied.
+    pub fn reload(&self) -> Result<(), String> {
+        let mut status = self
+            .shared
+            .reloading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot_full();
+        let loaded = Config::load(&current.config.source).and_then(|config| {
+            let tls = crate::tls::server_config(&config)?;
+            Ok((config, tls))
+        });
+        let (config, tls) = match loaded {
+            Ok(ok) => ok,
+            Err(e) => {
+                let e = e.to_string();
+                tracing::error!(error = %e, "reload failed; the running configuration stays");
+                self.metrics()
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                status.last_error = Some((SystemTime::now(), e.clone()));
+                return Err(e);
+            }
+        };
+        needs_restart(&current.config, &config);
+        // What cannot change while running stays as it is, so /status tells the truth.
+        let mut config = config;
+        config.listen = current.config.listen.clone();
+        config.limits.workers = current.config.limits.workers;
+        let max_connections = config.limits.max_connections;
+        let snap = Arc::new(Snapshot::assemble(config, tls, &self.shared.registry));
+        self.shared.snapshot.store(snap.clone());
+        self.resize_connection_slots(max_connections);
+        self.shared.health.sync(&snap);
+        self.metrics()
+            .config_reloads
+            .with_label_values(&["ok"])
+            .inc();
+        status.last_ok = Some(SystemTime::now());
+        let backends: usize = snap.pools.iter().map(|p| p.members.len()).sum();
+        tracing::info!(pools = snap.pools.len(), backends, "configuration reloaded");
+        Ok(())
+    }
+
+    /// Ends the drain of removed backends whose `drain_timeout` is over, and lists the rest.
+    pub fn expire_leaving(&self) {
+        let _one_at_a_time = self
+            .shared
+            .reloading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if self.shared.registry.expire(std::time::Instant::now()) == 0 {
+            return;
+        }
+        let snap = Arc::new(self.snapshot().rebuild(&self.shared.registry));
+        self.shared.snapshot.store(snap.clone());
+        self.shared.health.sync(&snap);
+    }
+
+    /// The last reload's outcome.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.shared
+            .reloading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn resize_connection_slots(&self, wanted: usize) {
+        let mut slots = self.shared.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let sem = self.shared.connection_slots.clone();
+        if wanted > *slots {
+            sem.add_permits(wanted - *slots);
+        } else if wanted < *slots {
+            let excess = *slots - wanted;
+            let forgotten = sem.forget_permits(excess);
+            if forgotten < excess {
+                // The rest are held by open connections: take them back as those close. New
+                // connections wait meanwhile, as they would at the new cap.
+                let debt = u32::try_from(excess - forgotten).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(p) = sem.acquire_many_owned(debt).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        *slots = wanted;
+    }
+
+    /// Slots under `max_connections`: a client connection holds one for its whole life.
+    pub fn connection_slots(&self) -> &Arc<Semaphore> {
+        &self.shared.connection_slots
     }
 
     /// The health checkers of the current snapshot's backends.
@@ -351,6 +471,7 @@ impl Proxy {
             rise: pool.config.health.rise,
             fall: pool.config.health.fall,
             response_timeout: snap.config.limits.response_timeout,
+            upstream_limits: UpstreamLimits::from(&snap.config.limits),
             tunnel_idle_timeout: snap.config.limits.tunnel_idle_timeout,
         })
     }
@@ -369,8 +490,10 @@ impl Proxy {
         let mut retried = false;
         let (mut resp, lease) = loop {
             let backend = placed.backend.clone();
-            let sent =
-                tokio::time::timeout_at(deadline, self.upstream.send(backend.addr, upstream));
+            let sending = self
+                .upstream
+                .send(backend.addr, upstream, placed.upstream_limits);
+            let sent = tokio::time::timeout_at(deadline, sending);
             let (e, unsent) = match sent.await {
                 Ok(Ok(sent)) => break sent,
                 Ok(Err(failed)) => failed,
@@ -526,6 +649,23 @@ pub fn drain_after(backend: Arc<Backend>, generation: u64, timeout: Duration) {
     });
 }
 
+/// Logs the settings that a reload cannot apply to running listeners and workers.
+fn needs_restart(old: &Config, new: &Config) {
+    let listeners = [
+        ("listen.https", old.listen.https, new.listen.https),
+        ("listen.http", old.listen.http, new.listen.http),
+        ("listen.admin", old.listen.admin, new.listen.admin),
+    ];
+    for (key, was, now) in listeners {
+        if was != now {
+            tracing::warn!(key, ?was, ?now, "a listener address changed: restart rtcgate to apply it; the rest of the configuration was applied");
+        }
+    }
+    if old.limits.workers != new.limits.workers {
+        tracing::warn!(key = "limits.workers", "the worker count changed: restart rtcgate to apply it; the rest of the configuration was applied");
+    }
+}
+
 /// A placement decision, carried out of the snapshot's scope.
 struct Placed {
     backend: Arc<Backend>,
@@ -542,6 +682,7 @@ struct Placed {
     fall: u32,
     response_timeout: Duration,
     tunnel_idle_timeout: Duration,
+    upstream_limits: UpstreamLimits,
 }
 
 /// The room a request names: the pool's room query parameter, else the `X-Rtcgate-Room` header.

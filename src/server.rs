@@ -58,14 +58,45 @@ impl Listeners {
     }
 }
 
-/// What every connection task shares, across worker threads.
-struct Ctx {
-    limits: Limits,
+/// The HTTP server settings of one snapshot's `[limits]`, built once per snapshot.
+pub struct HttpBuilders {
     /// Protocol detected from the first bytes (plain listener).
     auto: auto::Builder<TokioExecutor>,
     /// Protocol chosen by ALPN.
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
+}
+
+impl std::fmt::Debug for HttpBuilders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpBuilders").finish_non_exhaustive()
+    }
+}
+
+impl HttpBuilders {
+    pub fn new(limits: &Limits) -> HttpBuilders {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            // hyper answers 431 when a request head does not fit the read buffer.
+            .max_buf_size(limits.max_header_size)
+            .keep_alive(true);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256)
+            .enable_connect_protocol();
+        HttpBuilders {
+            h1: b.clone().http1_only(),
+            h2: b.clone().http2_only(),
+            auto: b,
+        }
+    }
+}
+
+/// What every connection task shares, across worker threads.
+struct Ctx {
     connections: Arc<Semaphore>,
     /// Cancelled when shutdown begins: stop accepting, finish what is in flight.
     shutdown: CancellationToken,
@@ -88,16 +119,11 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let limits = proxy.snapshot().config.limits.clone();
-    let auto = http_builder(&limits);
     let ctx = Arc::new(Ctx {
-        h1: auto.clone().http1_only(),
-        h2: auto.clone().http2_only(),
-        auto,
-        connections: Arc::new(Semaphore::new(limits.max_connections)),
+        connections: proxy.connection_slots().clone(),
         shutdown: CancellationToken::new(),
         stop: CancellationToken::new(),
         tasks: proxy.tasks().clone(),
-        limits,
     });
     let mut sockets = Vec::new();
     for (listener, tls) in [(listeners.https, true), (listeners.http, false)] {
@@ -107,11 +133,12 @@ pub async fn run(
         }
     }
     proxy.health().sync(&proxy.snapshot());
+    crate::reload::start(proxy.clone(), ctx.stop.clone());
     if let Some(admin) = listeners.admin {
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
         tokio::spawn(crate::admin::serve(admin, proxy.clone(), ctx.stop.clone()));
     }
-    let workers = match ctx.limits.workers {
+    let workers = match limits.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
@@ -131,7 +158,7 @@ pub async fn run(
     drop(sockets);
 
     shutdown.await;
-    let grace = ctx.limits.shutdown_grace;
+    let grace = proxy.snapshot().config.limits.shutdown_grace;
     tracing::info!(
         ?grace,
         "shutting down: no new connections, in-flight requests may finish"
@@ -181,22 +208,6 @@ fn worker(sockets: Vec<(std::net::TcpListener, bool)>, ctx: Arc<Ctx>, proxy: Arc
         tokio::spawn(proxy.clone().sweep_idle_connections());
         ctx.stop.cancelled().await;
     });
-}
-
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        // hyper answers 431 when a request head does not fit the read buffer.
-        .max_buf_size(limits.max_header_size)
-        .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        .enable_connect_protocol();
-    b
 }
 
 async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Ctx>, proxy: Arc<Proxy>) {
@@ -263,16 +274,25 @@ async fn serve_connection(
 ) {
     let held = Box::new((permit, OpenConnection::new(proxy.metrics(), tls)));
     let info = ConnInfo::new(peer, tls, held);
+    // This connection's settings: those of the snapshot current when it arrived.
+    let (http, limits, tls_config) = {
+        let snap = proxy.snapshot();
+        (
+            snap.http.clone(),
+            snap.config.limits.clone(),
+            snap.tls.clone(),
+        )
+    };
     if !tls {
-        serve_http(stream, info, &ctx.auto, &ctx, proxy).await;
+        serve_http(stream, info, &http.auto, &limits, &ctx, proxy).await;
         return;
     }
-    let Some(config) = proxy.snapshot().tls.clone() else {
+    let Some(config) = tls_config else {
         return;
     };
     let handshake = TlsAcceptor::from(config).accept(stream);
     let stream = tokio::select! {
-        r = tokio::time::timeout(ctx.limits.tls_handshake_timeout, handshake) => match r {
+        r = tokio::time::timeout(limits.tls_handshake_timeout, handshake) => match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
@@ -288,17 +308,18 @@ async fn serve_connection(
         _ = ctx.shutdown.cancelled() => return,
     };
     let builder = match stream.get_ref().1.alpn_protocol() {
-        Some(b"h2") => &ctx.h2,
-        Some(b"http/1.1") => &ctx.h1,
-        _ => &ctx.auto,
+        Some(b"h2") => &http.h2,
+        Some(b"http/1.1") => &http.h1,
+        _ => &http.auto,
     };
-    serve_http(stream, info, builder, &ctx, proxy).await;
+    serve_http(stream, info, builder, &limits, &ctx, proxy).await;
 }
 
 async fn serve_http<I>(
     io: I,
     info: Arc<ConnInfo>,
     builder: &auto::Builder<TokioExecutor>,
+    limits: &Limits,
     ctx: &Arc<Ctx>,
     proxy: Arc<Proxy>,
 ) where
@@ -320,7 +341,7 @@ async fn serve_http<I>(
     // Idle timeout: checked every half period, so a silent connection is asked to close after
     // 1–1.5 periods, and dropped if it is still silent a period later (a peer that stopped
     // reading would otherwise hold its graceful close forever).
-    let mut tick = tokio::time::interval(ctx.limits.idle_timeout / 2);
+    let mut tick = tokio::time::interval(limits.idle_timeout / 2);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     let mut seen = activity.load(Ordering::Relaxed);

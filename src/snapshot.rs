@@ -13,7 +13,8 @@ use rustls::ServerConfig;
 
 use crate::config::{Config, ConfigError, HostPattern, PoolConfig};
 use crate::metrics::PoolMetrics;
-use crate::pool::{Backend, Registry};
+use crate::pool::{Backend, Registry, Wanted};
+use crate::server::HttpBuilders;
 use crate::sticky::{PinCache, StickyCookie};
 
 /// A backend as one snapshot lists it: shared runtime state plus this config's settings for it.
@@ -81,36 +82,54 @@ impl Pool {
 pub struct Snapshot {
     pub config: Arc<Config>,
     pub tls: Option<Arc<ServerConfig>>,
+    /// HTTP server settings from `[limits]`, for new connections.
+    pub http: Arc<HttpBuilders>,
     pub sticky: StickyCookie,
     pub pools: Vec<Pool>,
     router: Router,
 }
 
 impl Snapshot {
-    /// Builds a snapshot of `config`, reusing the registry's state for surviving backends.
-    /// Returns it with the backends that the config no longer lists.
-    pub fn build(
-        config: Config,
-        registry: &Registry,
-    ) -> Result<(Snapshot, Vec<Arc<Backend>>), ConfigError> {
+    /// Builds a snapshot of `config`, loading its certificates, and reusing the registry's
+    /// state for backends that stay.
+    pub fn build(config: Config, registry: &Registry) -> Result<Snapshot, ConfigError> {
         let tls = crate::tls::server_config(&config)?;
-        let wanted: Vec<_> = config
+        Ok(Snapshot::assemble(config, tls, registry))
+    }
+
+    /// The same configuration again, after the registry's leaving backends changed.
+    pub fn rebuild(&self, registry: &Registry) -> Snapshot {
+        Snapshot::assemble((*self.config).clone(), self.tls.clone(), registry)
+    }
+
+    /// Builds a snapshot of a validated `config` whose certificates are already loaded.
+    pub fn assemble(
+        config: Config,
+        tls: Option<Arc<ServerConfig>>,
+        registry: &Registry,
+    ) -> Snapshot {
+        let wanted: Vec<Wanted<'_>> = config
             .pools
             .iter()
             .flat_map(|p| {
-                p.backends
-                    .iter()
-                    .map(move |b| (p.name.as_str(), b.id.as_str(), b.address))
+                p.backends.iter().map(move |b| Wanted {
+                    pool: &p.name,
+                    id: &b.id,
+                    addr: b.address,
+                    weight: b.weight,
+                    max_sessions: b.max_sessions,
+                    drain_timeout: p.drain_timeout,
+                })
             })
             .collect();
-        let (states, gone) = registry.update(&wanted);
+        let (states, leaving) = registry.update(&wanted);
         let mut states = states.into_iter();
         let sticky = StickyCookie::new(&config.sticky);
         let pools = config
             .pools
             .iter()
             .map(|p| {
-                let members = p
+                let mut members: Vec<Member> = p
                     .backends
                     .iter()
                     .zip(states.by_ref())
@@ -119,18 +138,28 @@ impl Snapshot {
                         ..Member::new(backend, b.weight, b.max_sessions)
                     })
                     .collect();
+                // Leaving backends stay listed, draining, so their pinned users keep working;
+                // a listed backend with the same id (a new address) takes precedence.
+                for l in leaving.iter().filter(|l| *l.backend.pool == *p.name) {
+                    if !members.iter().any(|m| m.backend.id == l.backend.id) {
+                        members.push(Member {
+                            pin_cache: sticky.cache_for(&p.name, &l.backend.id),
+                            ..Member::new(l.backend.clone(), l.weight, l.max_sessions)
+                        });
+                    }
+                }
                 Pool::new(p.clone(), members, registry.metrics().pool(&p.name))
             })
             .collect();
         let router = Router::new(&config.pools);
-        let snapshot = Snapshot {
+        Snapshot {
+            http: Arc::new(HttpBuilders::new(&config.limits)),
             sticky,
             config: Arc::new(config),
             tls,
             pools,
             router,
-        };
-        Ok((snapshot, gone))
+        }
     }
 
     /// The pool serving `host` (no port, any case), if any.

@@ -45,11 +45,28 @@ struct Idle {
 }
 
 /// One worker's idle backend connections.
+#[derive(Default)]
 pub struct Upstream {
     idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
-    max_idle: usize,
+}
+
+/// The `[limits]` that concern backend connections, read from the snapshot per request so that
+/// a reload applies to the next request.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamLimits {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_idle: usize,
+}
+
+impl From<&Limits> for UpstreamLimits {
+    fn from(l: &Limits) -> Self {
+        UpstreamLimits {
+            connect_timeout: l.connect_timeout,
+            idle_timeout: l.upstream_idle_timeout,
+            max_idle: l.upstream_idle_per_backend,
+        }
+    }
 }
 
 /// A connection lent to one request; [`Lease::release`] gives it back once its response has
@@ -57,23 +74,19 @@ pub struct Upstream {
 pub struct Lease {
     sender: SendRequest<UpstreamBody>,
     addr: SocketAddr,
+    max_idle: usize,
     pool: Arc<Upstream>,
 }
 
 impl Lease {
     pub fn release(self) {
-        self.pool.put(self.addr, self.sender);
+        self.pool.put(self.addr, self.sender, self.max_idle);
     }
 }
 
 impl Upstream {
-    pub fn new(limits: &Limits) -> Arc<Upstream> {
-        Arc::new(Upstream {
-            idle: Mutex::new(HashMap::new()),
-            connect_timeout: limits.connect_timeout,
-            idle_timeout: limits.upstream_idle_timeout,
-            max_idle: limits.upstream_idle_per_backend,
-        })
+    pub fn new() -> Arc<Upstream> {
+        Arc::default()
     }
 
     /// Sends `req` (origin-form URI, headers final) to `addr` and waits for the response head.
@@ -87,13 +100,15 @@ impl Upstream {
         self: &Arc<Self>,
         addr: SocketAddr,
         req: Request<UpstreamBody>,
+        limits: UpstreamLimits,
     ) -> Result<(Response<Incoming>, Lease), (UpstreamError, Option<Request<UpstreamBody>>)> {
         let mut req = req;
         let mut fresh_only = false;
         loop {
-            let (mut sender, reused) = match self.take(addr).filter(|_| !fresh_only) {
+            let taken = self.take(addr, limits.idle_timeout).filter(|_| !fresh_only);
+            let (mut sender, reused) = match taken {
                 Some(s) => (s, true),
-                None => match self.connect(addr).await {
+                None => match self.connect(addr, limits.connect_timeout).await {
                     Ok(s) => (s, false),
                     Err(e) => return Err((e, Some(req))),
                 },
@@ -104,6 +119,7 @@ impl Upstream {
                     let lease = Lease {
                         sender,
                         addr,
+                        max_idle: limits.max_idle,
                         pool: self.clone(),
                     };
                     return Ok((resp, lease));
@@ -125,11 +141,11 @@ impl Upstream {
     }
 
     /// A ready idle connection to `addr`, most recently used first.
-    fn take(&self, addr: SocketAddr) -> Option<SendRequest<UpstreamBody>> {
+    fn take(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&addr)?;
         while let Some(i) = list.pop_back() {
-            if i.sender.is_ready() && i.since.elapsed() < self.idle_timeout {
+            if i.sender.is_ready() && i.since.elapsed() < idle_timeout {
                 return Some(i.sender);
             }
             // Closed, busy or stale: dropping the sender lets its connection close.
@@ -137,13 +153,13 @@ impl Upstream {
         None
     }
 
-    fn put(&self, addr: SocketAddr, sender: SendRequest<UpstreamBody>) {
+    fn put(&self, addr: SocketAddr, sender: SendRequest<UpstreamBody>, max_idle: usize) {
         if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(addr).or_default();
-        if list.len() < self.max_idle {
+        if list.len() < max_idle {
             list.push_back(Idle {
                 sender,
                 since: Instant::now(),
@@ -152,26 +168,24 @@ impl Upstream {
     }
 
     /// Closes connections idle for longer than the idle timeout.
-    pub fn sweep(&self) {
+    pub fn sweep(&self, idle_timeout: Duration) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, list| {
-            list.retain(|i| !i.sender.is_closed() && i.since.elapsed() < self.idle_timeout);
+            list.retain(|i| !i.sender.is_closed() && i.since.elapsed() < idle_timeout);
             !list.is_empty()
         });
     }
 
-    /// How often [`Upstream::sweep`] should run.
-    pub fn sweep_every(&self) -> Duration {
-        self.idle_timeout
-    }
-
-    async fn connect(&self, addr: SocketAddr) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
-                Err(_) => return Err(UpstreamError::ConnectTimeout(self.connect_timeout)),
-            };
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
+            Err(_) => return Err(UpstreamError::ConnectTimeout(timeout)),
+        };
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
