@@ -27,7 +27,7 @@ fn snapshot(n: usize) -> Snapshot {
         ));
     }
     let config = Config::parse(&text, Path::new("bench.toml")).expect("config");
-    let (snap, _) = Snapshot::build(config, &Registry::default()).expect("snapshot");
+    let snap = Snapshot::build(config, &Registry::default()).expect("snapshot");
     // Uneven load, so the scans have work to do.
     for (i, m) in snap.pools[0].members.iter().enumerate() {
         for _ in 0..(i * 7 % 13) {

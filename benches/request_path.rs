@@ -100,7 +100,7 @@ fn metrics_per_request(c: &mut Criterion) {
     let text = "[listen]\nhttp = \"127.0.0.1:0\"\n[sticky]\nkeys = [\"k1:bench-secret-0123456789abcdef0123456789\"]\n\
                 [pools.media]\n[[pools.media.backends]]\nid = \"b1\"\naddress = \"127.0.0.1:9\"\n";
     let config = Config::parse(text, std::path::Path::new("bench.toml")).expect("config");
-    let (snap, _) = rtcgate::snapshot::Snapshot::build(config, &rtcgate::pool::Registry::default())
+    let snap = rtcgate::snapshot::Snapshot::build(config, &rtcgate::pool::Registry::default())
         .expect("snapshot");
     let pool = &snap.pools[0];
     let backend = &pool.members[0].backend;
