@@ -146,6 +146,19 @@ pub async fn spawn_proxy(toml: &str) -> TestProxy {
     let task = tokio::spawn(server::run(listeners, proxy.clone(), async {
         let _ = rx.await;
     }));
+    // Ready when the admin API answers: by then the reload watcher is registered too.
+    let ready = async {
+        loop {
+            if let Ok(tcp) = TcpStream::connect(admin_addr).await {
+                let mut c = HttpClient::h1(tcp, admin_addr.to_string(), "http").await;
+                if c.get("/status").await.status == StatusCode::OK {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within("proxy ready", ready).await;
     TestProxy {
         https: https_addr,
         http: http_addr,
@@ -554,5 +567,36 @@ where
             Some(Ok(m)) if m.is_close() => return,
             Some(Ok(_)) => continue,
         }
+    }
+}
+
+impl TestProxy {
+    /// The config file this proxy was started from.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.certs.dir.path().join("proxy.toml")
+    }
+
+    /// Replaces the config file the way editors and orchestration tools do: a new file renamed
+    /// over the old one.
+    pub fn rewrite_config(&self, toml: &str) {
+        let tmp = self.certs.dir.path().join(".proxy.toml.new");
+        std::fs::write(&tmp, toml).expect("write new config");
+        std::fs::rename(&tmp, self.config_path()).expect("rename over the config");
+    }
+
+    /// Reloads through the admin API and returns its answer.
+    pub async fn post_reload(&self) -> Reply {
+        let mut c = self.admin().await;
+        let req = c.request("POST", "/reload").body(empty()).expect("request");
+        c.fetch(req).await
+    }
+
+    /// The ids listed in the current snapshot's pool (draining ones included).
+    pub fn member_ids(&self) -> Vec<String> {
+        self.proxy.snapshot().pools[0]
+            .members
+            .iter()
+            .map(|m| m.backend.id.to_string())
+            .collect()
     }
 }
