@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::state_name;
 use crate::pool::{AdminState, Backend};
-use crate::proxy::Proxy;
+use crate::proxy::{AdminError, Proxy};
 use crate::snapshot::{Member, Snapshot};
 
 type Body = Full<Bytes>;
@@ -95,11 +95,20 @@ async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
             if let Some(denied) = authorize(proxy, &req) {
                 return denied;
             }
-            if !proxy.set_admin_state(pool, id, state) {
-                return json_reply(
-                    StatusCode::NOT_FOUND,
-                    json!({ "error": format!("no backend {id} in pool {pool}") }),
-                );
+            match proxy.set_admin_state(pool, id, state) {
+                Ok(()) => {}
+                Err(AdminError::NoSuchBackend) => {
+                    return json_reply(
+                        StatusCode::NOT_FOUND,
+                        json!({ "error": format!("no backend {id} in pool {pool}") }),
+                    )
+                }
+                Err(AdminError::Removed) => {
+                    return json_reply(
+                        StatusCode::CONFLICT,
+                        json!({ "error": format!("{id} was removed from the configuration and is draining out") }),
+                    )
+                }
             }
             let snap = proxy.snapshot();
             match snap.pool(pool).and_then(|p| p.member(id)) {

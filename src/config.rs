@@ -695,8 +695,17 @@ impl Validator<'_> {
                 Duration::from_secs(30),
             )?,
         };
-        if limits.max_connections == 0 {
-            return Err(self.err("limits.max_connections", "must be at least 1"));
+        if !(1..=1_000_000).contains(&limits.max_connections) {
+            return Err(self.err("limits.max_connections", "must be from 1 to 1000000"));
+        }
+        if limits.workers > 1024 {
+            return Err(self.err("limits.workers", "must be from 0 (one per core) to 1024"));
+        }
+        if limits.max_header_size > 16 * 1024 * 1024 {
+            return Err(self.err("limits.max_header_size", "must be at most 16 MiB"));
+        }
+        if limits.idle_timeout < Duration::from_millis(100) {
+            return Err(self.err("limits.idle_timeout", "must be at least 100ms"));
         }
         // hyper refuses head buffers under 8 KiB; a smaller cap would be silently raised.
         if limits.max_header_size < 8192 {

@@ -49,6 +49,8 @@ pub struct Backend {
     tunnels_stop: Mutex<CancellationToken>,
     /// Bumped whenever the admin state changes, so a pending drain timer can tell it is stale.
     admin_generation: AtomicU64,
+    /// No longer in the configuration: draining until its pool's `drain_timeout`.
+    removed: AtomicBool,
 }
 
 /// The outcome of one active health check.
@@ -77,6 +79,7 @@ impl Backend {
             last_check: Mutex::new(None),
             tunnels_stop: Mutex::new(CancellationToken::new()),
             admin_generation: AtomicU64::new(0),
+            removed: AtomicBool::new(false),
         })
     }
 
@@ -105,6 +108,11 @@ impl Backend {
     /// Changes with every admin state change.
     pub fn admin_generation(&self) -> u64 {
         self.admin_generation.load(Ordering::Relaxed)
+    }
+
+    /// Whether the configuration no longer lists this backend (it is draining out).
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Relaxed)
     }
 
     /// Draining with nothing left on it: no tunnel, no request in flight.
@@ -358,7 +366,10 @@ impl Registry {
                 None => match all.leaving.remove(&key) {
                     Some(back) => {
                         tracing::info!(pool = %w.pool, backend = %w.id, "backend listed again: it stops leaving");
-                        back.backend.set_admin(AdminState::Enabled);
+                        back.backend.removed.store(false, Ordering::Relaxed);
+                        if back.backend.admin() == AdminState::Draining {
+                            back.backend.set_admin(AdminState::Enabled);
+                        }
                         back.backend
                     }
                     None => Backend::new(w.pool, w.id, w.addr, &self.metrics),
@@ -377,7 +388,11 @@ impl Registry {
         for (key, gone) in std::mem::replace(&mut all.live, live) {
             let b = &gone.backend;
             tracing::info!(pool = %b.pool, backend = %b.id, addr = %b.addr, drain_timeout = ?gone.drain_timeout, "backend removed: draining");
-            b.set_admin(AdminState::Draining);
+            b.removed.store(true, Ordering::Relaxed);
+            // A backend in maintenance stays out of traffic; any other drains.
+            if b.admin() != AdminState::Maint {
+                b.set_admin(AdminState::Draining);
+            }
             all.leaving.insert(
                 key,
                 Leaving {
@@ -402,14 +417,19 @@ impl Registry {
     pub fn expire(&self, now: Instant) -> usize {
         let mut all = self.backends.lock().unwrap_or_else(|e| e.into_inner());
         let before = all.leaving.len();
-        all.leaving.retain(|_, l| {
+        let Backends { live, leaving } = &mut *all;
+        leaving.retain(|_, l| {
             if l.until > now {
                 return true;
             }
             let b = &l.backend;
             tracing::info!(pool = %b.pool, backend = %b.id, sessions = b.sessions(), "removed backend's drain is over");
             b.close_tunnels();
-            self.metrics.remove_backend(&b.metrics);
+            // A backend listed again under the same id (a new address) shares the series.
+            let shared = live.keys().any(|(p, i, _)| **p == *b.pool && **i == *b.id);
+            if !shared {
+                self.metrics.remove_backend(&b.metrics);
+            }
             false
         });
         before - all.leaving.len()

@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -27,7 +28,7 @@ use crate::balance::{self, Rejection};
 use crate::config::{Config, ConfigError};
 use crate::health::HealthCheckers;
 use crate::metrics::{Metrics, PoolMetrics};
-use crate::pool::{AdminState, Backend, InFlight, LiveRooms, Registry};
+use crate::pool::{AdminState, Backend, InFlight, LiveRooms, Registry, Session};
 use crate::snapshot::Snapshot;
 use crate::sticky;
 use crate::tunnel;
@@ -54,6 +55,30 @@ pub struct ConnInfo {
     /// What the server holds for this connection (its slot under `max_connections`, its
     /// metric gauge): released when the connection and every tunnel it became are done.
     _held: Box<dyn std::any::Any + Send + Sync>,
+    /// Requests being handled and tunnels open on this connection: while any is, the
+    /// connection is not idle, however quiet its socket.
+    active: AtomicU32,
+}
+
+impl ConnInfo {
+    /// Whether a request or tunnel is in progress on this connection.
+    pub fn busy(&self) -> bool {
+        self.active.load(Ordering::Relaxed) > 0
+    }
+
+    fn enter(self: &Arc<Self>) -> Active {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Active(self.clone())
+    }
+}
+
+/// One request or tunnel in progress on a connection.
+struct Active(Arc<ConnInfo>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ConnInfo {
@@ -75,6 +100,7 @@ impl ConnInfo {
             xff_item: xff_item.unwrap_or(HeaderValue::from_static("unknown")),
             forwarded_for: format!("for={node};proto={proto}"),
             _held: held,
+            active: AtomicU32::new(0),
         })
     }
 }
@@ -170,6 +196,14 @@ struct Shared {
     reloading: Mutex<ReloadStatus>,
 }
 
+/// Why an admin state change was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminError {
+    NoSuchBackend,
+    /// The configuration no longer lists it; it is draining out.
+    Removed,
+}
+
 /// When the configuration was last (re)loaded, and the last failure.
 #[derive(Debug, Clone, Default)]
 pub struct ReloadStatus {
@@ -251,6 +285,16 @@ impl Proxy {
         let current = self.snapshot_full();
         let loaded = Config::load(&current.config.source).and_then(|config| {
             let tls = crate::tls::server_config(&config)?;
+            // The HTTPS listener keeps running whatever the file says; it needs certificates.
+            if current.config.listen.https.is_some() && tls.is_none() {
+                return Err(crate::config::ConfigError {
+                    file: config.source.clone(),
+                    key: "tls".into(),
+                    msg:
+                        "the https listener is running and needs [tls]; removing it takes a restart"
+                            .into(),
+                });
+            }
             Ok((config, tls))
         });
         let (config, tls) = match loaded {
@@ -343,23 +387,31 @@ impl Proxy {
     }
 
     /// Sets a backend's admin state. Draining starts the pool's `drain_timeout`, after which the
-    /// backend's remaining tunnels are closed unless its state changed meanwhile. Returns false
-    /// when the pool has no such backend.
-    pub fn set_admin_state(&self, pool: &str, id: &str, state: AdminState) -> bool {
+    /// backend's remaining tunnels are closed unless its state changed meanwhile. A backend the
+    /// configuration no longer lists is draining out and cannot be changed.
+    pub fn set_admin_state(
+        &self,
+        pool: &str,
+        id: &str,
+        state: AdminState,
+    ) -> Result<(), AdminError> {
         let snap = self.snapshot();
         let Some((backend, drain_timeout)) = snap
             .pool(pool)
             .and_then(|p| Some((p.member(id)?.backend.clone(), p.config.drain_timeout)))
         else {
-            return false;
+            return Err(AdminError::NoSuchBackend);
         };
+        if backend.is_removed() {
+            return Err(AdminError::Removed);
+        }
         let before = backend.admin();
         let generation = backend.set_admin(state);
         tracing::info!(%pool, backend = %id, from = ?before, to = ?state, "admin state changed");
         if state == AdminState::Draining {
             drain_after(backend, generation, drain_timeout);
         }
-        true
+        Ok(())
     }
 
     /// The tracker of client connections and tunnels, which shutdown waits for.
@@ -374,6 +426,7 @@ impl Proxy {
         conn: &Arc<ConnInfo>,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
+        let _active = conn.enter();
         // Kept for the log lines; both clones share the request's buffers.
         let method = req.method().clone();
         let uri = req.uri().clone();
@@ -460,9 +513,11 @@ impl Proxy {
                 .set_cookie(&pool.config.name, &backend.id, now, tls),
         });
         let room = room.map(Cow::into_owned);
+        let websocket = tunnel::websocket_kind(req).is_some();
         snap.sticky.strip(req.headers_mut());
         Ok(Placed {
             inflight: backend.start_request(),
+            session: websocket.then(|| backend.open_session()),
             backend: backend.clone(),
             set_cookie,
             room,
@@ -504,8 +559,11 @@ impl Proxy {
                     })
                 }
             };
-            // A refused connect or a reset counts toward the backend's `fall`.
-            if backend.record_check(false, placed.rise, placed.fall) == Some(false) {
+            // A refused connect or a reset counts toward the backend's `fall`; a request body
+            // the client broke off does not.
+            if !e.client_fault()
+                && backend.record_check(false, placed.rise, placed.fall) == Some(false)
+            {
                 tracing::warn!(pool = %backend.pool, backend = %backend.id, error = %e, "backend is down (passive check)");
             }
             let err = classify(&backend, e);
@@ -533,7 +591,8 @@ impl Proxy {
         Ok(resp.map(|body| {
             Either::Left(Tracked {
                 inner: body,
-                lease: Some(lease),
+                // A connection that carried an upgrade attempt is not reused.
+                lease: kind.is_none().then_some(lease),
                 ended: false,
                 _inflight: placed.inflight,
             })
@@ -562,6 +621,7 @@ impl Proxy {
         };
         Some(Placed {
             inflight: backend.start_request(),
+            session: failed.session.as_ref().map(|_| backend.open_session()),
             backend: backend.clone(),
             set_cookie: Some(set_cookie),
             room: failed.room.clone(),
@@ -598,7 +658,13 @@ impl Proxy {
         if let Some(cookie) = placed.set_cookie {
             headers.append(header::SET_COOKIE, cookie);
         }
-        let session = backend.open_session();
+        // The session reserved at placement becomes the tunnel's.
+        let session = match placed.session {
+            Some(s) => s,
+            None => backend.open_session(),
+        };
+        let active = conn.enter();
+        let stop = backend.tunnels_stop();
         backend.metrics.tunnels.inc();
         let pool_metrics = placed.pool_metrics.clone();
         let room = placed
@@ -615,7 +681,6 @@ impl Proxy {
                 }
             };
             let opened = Instant::now();
-            let stop = backend.tunnels_stop();
             let pumping = tunnel::pump(TokioIo::new(client), TokioIo::new(upstream), idle);
             let ended = tokio::select! {
                 ended = pumping => ended,
@@ -625,7 +690,7 @@ impl Proxy {
                 .tunnel_duration
                 .observe(opened.elapsed().as_secs_f64());
             tracing::debug!(backend = %backend.id, ?ended, "tunnel closed");
-            drop((session, room, conn));
+            drop((session, room, active));
         });
         let mut out = Response::new(Either::Right(Full::new(Bytes::new())));
         *out.status_mut() = match kind {
@@ -670,6 +735,9 @@ fn needs_restart(old: &Config, new: &Config) {
 struct Placed {
     backend: Arc<Backend>,
     inflight: InFlight,
+    /// For a WebSocket, a session reserved at placement so that concurrent upgrades cannot
+    /// overshoot `max_sessions`; it becomes the tunnel's, or is released with the request.
+    session: Option<Session>,
     /// `Set-Cookie` for the response, when the pin is new or changed.
     set_cookie: Option<HeaderValue>,
     /// The room the request named, kept for a tunnel's lifetime.
@@ -762,10 +830,17 @@ fn upstream_request(
     let Some(kind) = websocket else {
         return Ok((Request::from_parts(parts, Either::Left(body)), None));
     };
+    // An upgrade carries no body; the stream's bytes go through the tunnel. A declared body
+    // would be left unsent and desynchronise the backend connection, so it is refused.
+    if kind == tunnel::Kind::H1Upgrade && !body.is_end_stream() {
+        return Err(ProxyError::BadRequest(
+            "a WebSocket upgrade cannot carry a body",
+        ));
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
     let accept = tunnel::prepare_upstream(kind, &mut parts.method, &mut parts.headers).ok_or(
         ProxyError::BadRequest("a WebSocket upgrade needs Sec-WebSocket-Key"),
     )?;
-    // An upgrade carries no body; the stream's bytes go through the tunnel.
     Ok((
         Request::from_parts(parts, Either::Right(Empty::new())),
         Some(accept),
@@ -788,6 +863,11 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers: the static list and every name listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names is cheaper than a lookup of
+    // each. (Names listed in `Connection` only matter when `Connection` itself is present.)
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -865,11 +945,14 @@ fn classify(backend: &Backend, e: UpstreamError) -> ProxyError {
     if !e.maybe_sent() {
         backend.metrics.connect_errors.inc();
     }
+    if e.client_fault() {
+        return ProxyError::BadRequest("the request body broke off");
+    }
     let backend = backend.id.to_string();
     let cause = error_chain(&e);
     match e {
         UpstreamError::ConnectTimeout(_) => ProxyError::Timeout { backend, cause },
-        UpstreamError::Connect(_) | UpstreamError::Http(_) => {
+        UpstreamError::Connect(_) | UpstreamError::Closed(_) | UpstreamError::Http(_) => {
             ProxyError::Backend { backend, cause }
         }
     }

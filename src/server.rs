@@ -331,6 +331,7 @@ async fn serve_http<I>(
         activity: activity.clone(),
     };
     let peer = info.peer;
+    let watched = info.clone();
     let service = service_fn(move |req| {
         let (proxy, info) = (proxy.clone(), info.clone());
         async move { Ok::<_, Infallible>(proxy.handle(req, &info).await) }
@@ -361,7 +362,10 @@ async fn serve_http<I>(
             }
             _ = tick.tick() => {
                 let now = activity.load(Ordering::Relaxed);
-                if now != seen {
+                // A request being handled or a tunnel (HTTP/2 CONNECT) open on this
+                // connection keeps it alive however quiet its socket: tunnels have their own
+                // idle timeout.
+                if now != seen || watched.busy() {
                     seen = now;
                     quiet = 0;
                     continue;

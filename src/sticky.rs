@@ -169,15 +169,11 @@ impl StickyCookie {
         cached: impl Fn(&str) -> Option<&'c PinCache>,
     ) -> Pin<'h> {
         let mut seen = false;
-        let ours = headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| Cookie::split_parse(v).filter_map(Result::ok))
-            .filter(|c| c.name() == self.name)
-            .filter_map(|c| c.value_raw());
-        for value in ours {
+        for value in self.values(headers) {
             seen = true;
+            let Ok(value) = std::str::from_utf8(value) else {
+                continue;
+            };
             // Fast path: a session token signed with the current key equals the precomputed one.
             let backend = value.split(':').nth(1).unwrap_or("");
             if let Some(c) = cached(backend) {
@@ -199,18 +195,26 @@ impl StickyCookie {
         }
     }
 
+    /// The values of our cookie in the request's `Cookie` fields. Read as bytes: one byte a
+    /// header string cannot hold elsewhere in the field must not hide our cookie.
+    fn values<'h>(&self, headers: &'h HeaderMap) -> impl Iterator<Item = &'h [u8]> + use<'h, '_> {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+            .filter_map(|pair| {
+                let (name, value) = split_pair(pair)?;
+                (name == self.name.as_bytes()).then(|| unquote(value))
+            })
+    }
+
     /// Removes our cookie from the request, leaving the user's other cookies byte for byte.
     pub fn strip(&self, headers: &mut HeaderMap) {
-        let mut cookies = headers.get_all(header::COOKIE).iter();
-        let has_ours = cookies.any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(';').any(|pair| {
-                    pair.trim()
-                        .split_once('=')
-                        .is_some_and(|(n, _)| n.trim() == self.name)
-                })
-            })
-        });
+        let ours = |pair: &[u8]| split_pair(pair).is_some_and(|(n, _)| n == self.name.as_bytes());
+        let has_ours = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .any(|v| v.as_bytes().split(|&b| b == b';').any(ours));
         if !has_ours {
             return;
         }
@@ -218,23 +222,15 @@ impl StickyCookie {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| {
-                let Ok(s) = v.to_str() else {
-                    return Some(v.clone());
-                };
-                let rest: Vec<&str> = s
-                    .split(';')
-                    .map(str::trim)
-                    .filter(|pair| !pair.is_empty())
-                    .filter(|pair| {
-                        pair.split_once('=')
-                            .is_none_or(|(n, _)| n.trim() != self.name)
-                    })
+                let rest: Vec<&[u8]> = v
+                    .as_bytes()
+                    .split(|&b| b == b';')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|pair| !pair.is_empty() && !ours(pair))
                     .collect();
-                if rest.is_empty() {
-                    None
-                } else {
-                    HeaderValue::from_str(&rest.join("; ")).ok()
-                }
+                (!rest.is_empty())
+                    .then(|| HeaderValue::from_bytes(&rest.join(&b"; "[..])).ok())
+                    .flatten()
             })
             .collect();
         headers.remove(header::COOKIE);
@@ -299,6 +295,19 @@ impl PinCache {
     pub fn set_cookie(&self, over_tls: bool) -> HeaderValue {
         self.set_cookie[usize::from(over_tls)].clone()
     }
+}
+
+/// `name=value` with spaces around each trimmed; `None` without an `=`.
+fn split_pair(pair: &[u8]) -> Option<(&[u8], &[u8])> {
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    Some((pair[..eq].trim_ascii(), pair[eq + 1..].trim_ascii()))
+}
+
+/// A cookie value without the double quotes RFC 6265 allows around it.
+fn unquote(v: &[u8]) -> &[u8] {
+    v.strip_prefix(b"\"")
+        .and_then(|v| v.strip_suffix(b"\""))
+        .unwrap_or(v)
 }
 
 /// Unix time in seconds.
@@ -434,6 +443,33 @@ mod tests {
         s.strip(&mut h);
         let all: Vec<_> = h.get_all(header::COOKIE).iter().collect();
         assert_eq!(all, vec!["a=1; b=\"q r\""]);
+    }
+
+    #[test]
+    fn a_non_ascii_byte_elsewhere_does_not_hide_our_cookie() {
+        let s = sticky(&[("k1", S1)], 0);
+        let token = s.sign("media", "m1", 0);
+        let mut h = HeaderMap::new();
+        let line = format!("name=caf\u{e9}; rtcgate={token}; b=2");
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(line.as_bytes()).expect("obs-text"),
+        );
+        let pin = s.pin(&h, "media", 0, |_| None);
+        assert_eq!(
+            pin,
+            Pin::Valid {
+                backend: "m1",
+                refresh: false
+            }
+        );
+        s.strip(&mut h);
+        let left = h
+            .get(header::COOKIE)
+            .expect("others kept")
+            .as_bytes()
+            .to_vec();
+        assert_eq!(left, "name=caf\u{e9}; b=2".as_bytes());
     }
 
     #[test]

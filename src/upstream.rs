@@ -28,6 +28,8 @@ pub enum UpstreamError {
     Connect(io::Error),
     #[error("connect: no answer within {0:?}")]
     ConnectTimeout(Duration),
+    #[error("closed the connection before taking the request: {0}")]
+    Closed(hyper::Error),
     #[error("{0}")]
     Http(hyper::Error),
 }
@@ -36,6 +38,11 @@ impl UpstreamError {
     /// Whether the request may have reached the backend (and so must not be replayed).
     pub fn maybe_sent(&self) -> bool {
         matches!(self, UpstreamError::Http(_))
+    }
+
+    /// Whether the client, not the backend, broke the exchange (its request body failed).
+    pub fn client_fault(&self) -> bool {
+        matches!(self, UpstreamError::Http(e) if e.is_user())
     }
 }
 
@@ -105,7 +112,11 @@ impl Upstream {
         let mut req = req;
         let mut fresh_only = false;
         loop {
-            let taken = self.take(addr, limits.idle_timeout).filter(|_| !fresh_only);
+            let taken = if fresh_only {
+                None
+            } else {
+                self.take(addr, limits.idle_timeout)
+            };
             let (mut sender, reused) = match taken {
                 Some(s) => (s, true),
                 None => match self.connect(addr, limits.connect_timeout).await {
@@ -125,16 +136,29 @@ impl Upstream {
                     return Ok((resp, lease));
                 }
                 Err(mut e) => {
-                    fresh_only = true;
-                    if let Some(unsent) = e.take_message().filter(|_| reused) {
-                        req = unsent;
-                        continue;
-                    }
+                    let unsent = e.take_message();
                     let e = e.into_error();
-                    match replay {
-                        Some(copy) if e.is_incomplete_message() || e.is_canceled() => req = copy,
-                        _ => return Err((UpstreamError::Http(e), None)),
+                    if reused {
+                        // A pooled connection the backend had closed: try a fresh one.
+                        fresh_only = true;
+                        if let Some(unsent) = unsent {
+                            req = unsent;
+                            continue;
+                        }
+                        match replay {
+                            Some(copy) if e.is_incomplete_message() || e.is_canceled() => {
+                                req = copy;
+                                continue;
+                            }
+                            _ => return Err((UpstreamError::Http(e), None)),
+                        }
                     }
+                    // A fresh connection closed before it took the request: the request never
+                    // left, so the caller may try another backend.
+                    return Err(match unsent {
+                        Some(unsent) => (UpstreamError::Closed(e), Some(unsent)),
+                        None => (UpstreamError::Http(e), None),
+                    });
                 }
             }
         }

@@ -229,3 +229,30 @@ async fn a_draining_backends_tunnels_close_at_drain_timeout() {
         .expect("listed");
     assert_eq!(mine["drained"], true, "drained to zero is reported");
 }
+
+#[tokio::test]
+async fn a_client_breaking_its_own_request_body_does_not_eject_the_backend() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backends = spawn_backends(1).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    for _ in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(proxy.http)
+            .await
+            .expect("connect");
+        s.write_all(b"POST /sink HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        let _ = within("the broken request ends", s.read_to_end(&mut buf)).await;
+        let head = String::from_utf8_lossy(&buf);
+        assert!(
+            !head.starts_with("HTTP/1.1 502"),
+            "blamed on the backend: {head}"
+        );
+    }
+    assert!(
+        backend_state(&proxy, "b1").is_up(),
+        "a client's bad body ejected the backend"
+    );
+    assert_eq!(proxy.h1().await.get("/").await.status, StatusCode::OK);
+}

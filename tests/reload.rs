@@ -329,3 +329,42 @@ async fn a_thousand_tunnels_survive_twenty_reloads() {
         .sum();
     assert_eq!(sessions, 1000);
 }
+
+#[tokio::test]
+async fn a_removed_backend_in_maintenance_stays_out_and_cannot_be_re_enabled() {
+    let backends = spawn_backends(2).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let mut c = proxy.h1().await;
+    let mut pinned = None;
+    for _ in 0..4 {
+        let r = c.get("/").await;
+        if r.backend() == "b2" {
+            pinned = Some(cookie_of(&r));
+        }
+    }
+    let pinned = pinned.expect("a user on b2");
+    let mut admin = proxy.admin().await;
+    let req = admin
+        .request("POST", "/pools/media/backends/b2/maint")
+        .body(empty())
+        .expect("req");
+    assert_eq!(admin.fetch(req).await.status, StatusCode::OK);
+    proxy.rewrite_config(&config_for(&backends[..1], ""));
+    let b2 = proxy.proxy.snapshot().pools[0]
+        .member("b2")
+        .expect("b2")
+        .backend
+        .clone();
+    eventually("b2 removed", || b2.is_removed()).await;
+    assert_eq!(b2.admin(), AdminState::Maint);
+    assert_eq!(
+        get_with(&mut c, &pinned).await.backend(),
+        "b1",
+        "maintenance holds after removal"
+    );
+    let req = admin
+        .request("POST", "/pools/media/backends/b2/enable")
+        .body(empty())
+        .expect("req");
+    assert_eq!(admin.fetch(req).await.status, StatusCode::CONFLICT);
+}

@@ -272,3 +272,65 @@ async fn open_tunnels_count_against_max_connections() {
         .expect("read");
     assert!(String::from_utf8_lossy(&reply).starts_with("HTTP/1.1 200"));
 }
+
+#[tokio::test]
+async fn an_upgrade_carrying_a_body_is_refused_and_the_backend_connection_stays_clean() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backends = spawn_backends(1).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.http)
+        .await
+        .expect("connect");
+    let smuggled = "GET /headers HTTP/1.1\r\nHost: x\r\n\r\n";
+    let req = format!(
+        "GET /ws-refuse HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Content-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let n = within("answer", s.read(&mut buf)).await.expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    // Nothing was smuggled to the backend, and the next user is served normally.
+    assert_eq!(backends[0].requests(), 0);
+    let r = proxy.h1().await.get("/headers").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(backends[0].requests(), 1);
+}
+
+#[tokio::test]
+async fn an_http2_tunnel_outlives_the_connection_idle_timeout() {
+    let backends = spawn_backends(1).await;
+    let proxy = spawn_proxy(&config_for(&backends, "idle_timeout = \"200ms\"")).await;
+    let mut r = proxy.ws_h2("/ws", None).await;
+    echo(r.ws(), "before the quiet").await;
+    // Several idle periods of the client connection pass with the tunnel silent: the tunnel
+    // has its own (much longer) idle timeout and must survive.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    echo(r.ws(), "after the quiet").await;
+}
+
+#[tokio::test]
+async fn concurrent_upgrades_cannot_overshoot_max_sessions() {
+    let backends = spawn_backends(1).await;
+    let toml =
+        config_for(&backends, "").replace("hosts = [\"*\"]", "hosts = [\"*\"]\nmax_sessions = 3");
+    let proxy = Arc::new(spawn_proxy(&toml).await);
+    let replies = join_all((0..20).map(|_| {
+        let proxy = proxy.clone();
+        async move { proxy.ws_plain("/ws", None).await }
+    }))
+    .await;
+    let opened = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::SWITCHING_PROTOCOLS)
+        .count();
+    let refused = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::SERVICE_UNAVAILABLE)
+        .count();
+    assert_eq!((opened, refused), (3, 17));
+    assert_eq!(sessions(&proxy), 3);
+}
