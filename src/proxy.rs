@@ -813,6 +813,8 @@ fn upstream_request(
             .ok_or(ProxyError::BadRequest("the request names no host"))?,
     };
     let client_version = parts.version;
+    // Room for the forwarding headers, so adding them does not regrow the map.
+    parts.headers.reserve(5);
     strip_hop_by_hop(&mut parts.headers);
     if client_version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
@@ -873,7 +875,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        // Names already stripped below, and `close`, need no header name of their own.
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter(|t| !t.eq_ignore_ascii_case("upgrade"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in listed.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
