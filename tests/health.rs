@@ -21,19 +21,11 @@ fn with_health(toml: &str, health: &str) -> String {
     )
 }
 
-fn backend_state(proxy: &TestProxy, id: &str) -> std::sync::Arc<rtcgate::pool::Backend> {
-    proxy.proxy.snapshot().pools[0]
-        .member(id)
-        .expect("member")
-        .backend
-        .clone()
-}
-
 #[tokio::test]
 async fn a_failing_backend_is_ejected_within_fall_times_interval_and_comes_back_after_rise() {
     let backends = spawn_backends(2).await;
     let proxy = spawn_proxy(&with_health(&config_for(&backends, ""), FAST)).await;
-    let b1 = backend_state(&proxy, "b1");
+    let b1 = proxy.backend_state("b1");
     eventually("b1's first checks pass", || {
         b1.last_check().is_some_and(|c| c.passed)
     })
@@ -126,7 +118,7 @@ async fn a_killed_backend_costs_no_failed_response_and_its_users_are_repinned() 
     let repinned = repinned.expect("the pinned user was re-pinned");
     assert!(!repinned.contains(&format!(":{victim}:")));
     assert!(
-        !backend_state(&proxy, &victim).is_up(),
+        !proxy.backend_state(&victim).is_up(),
         "passive failures ejected it"
     );
 }
@@ -136,7 +128,7 @@ async fn a_tcp_check_pool_works() {
     let backends = spawn_backends(2).await;
     let tcp = FAST.replace("interval", "path = \"\"\ninterval");
     let proxy = spawn_proxy(&with_health(&config_for(&backends, ""), &tcp)).await;
-    let b1 = backend_state(&proxy, "b1");
+    let b1 = proxy.backend_state("b1");
     eventually("b1 checked", || b1.last_check().is_some()).await;
     assert_eq!(
         b1.last_check().map(|c| c.detail),
@@ -167,7 +159,7 @@ async fn when_every_backend_fails_its_checks_traffic_fails_open() {
         b.set_healthy(false);
     }
     eventually("both marked down", || {
-        !backend_state(&proxy, "b1").is_up() && !backend_state(&proxy, "b2").is_up()
+        !proxy.backend_state("b1").is_up() && !proxy.backend_state("b2").is_up()
     })
     .await;
     // The servers answer; only their health endpoint fails. Users are still served.
@@ -213,7 +205,7 @@ async fn a_draining_backends_tunnels_close_at_drain_timeout() {
         (Some("draining"), Some(false))
     );
     closed(ws.ws()).await;
-    let b = backend_state(&proxy, &on);
+    let b = proxy.backend_state(&on);
     eventually("the drained backend has no session left", || {
         b.sessions() == 0
     })
@@ -251,7 +243,7 @@ async fn a_client_breaking_its_own_request_body_does_not_eject_the_backend() {
         );
     }
     assert!(
-        backend_state(&proxy, "b1").is_up(),
+        proxy.backend_state("b1").is_up(),
         "a client's bad body ejected the backend"
     );
     assert_eq!(proxy.h1().await.get("/").await.status, StatusCode::OK);

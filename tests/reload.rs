@@ -11,24 +11,6 @@ use rtcgate::demo::DemoBackend;
 use rtcgate::pool::AdminState;
 use support::*;
 
-fn cookie_of(r: &Reply) -> String {
-    r.headers
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .expect("a Set-Cookie")
-        .to_string()
-}
-
-async fn get_with(c: &mut HttpClient, cookie: &str) -> Reply {
-    let req = c
-        .request("GET", "/")
-        .header("cookie", cookie)
-        .body(empty())
-        .expect("request");
-    c.fetch(req).await
-}
-
 #[tokio::test]
 async fn an_added_backend_takes_new_users_soon_after_the_write() {
     let backends = spawn_backends(2).await;
@@ -66,7 +48,7 @@ async fn a_removed_backend_drains_its_pinned_users_and_tunnels_keep_working() {
     for _ in 0..4 {
         let r = c.get("/").await;
         if r.backend() == "b2" {
-            pinned = Some(cookie_of(&r));
+            pinned = Some(r.cookie().expect("a Set-Cookie"));
         }
     }
     let pinned = pinned.expect("a user on b2");
@@ -82,7 +64,7 @@ async fn a_removed_backend_drains_its_pinned_users_and_tunnels_keep_working() {
         .clone();
     eventually("b2 draining", || b2.admin() == AdminState::Draining).await;
     for _ in 0..4 {
-        let r = get_with(&mut c, &pinned).await;
+        let r = c.get_with_cookie("/", Some(&pinned)).await;
         assert_eq!(
             r.backend(),
             "b2",
@@ -261,14 +243,14 @@ async fn fifty_rewrites_under_load_cost_no_request() {
         let (proxy, done, served) = (proxy.clone(), done.clone(), served.clone());
         tokio::spawn(async move {
             let mut c = proxy.h1_plain().await;
-            let pinned = cookie_of(&c.get("/").await);
+            let pinned = c.get("/").await.cookie().expect("a Set-Cookie");
             let mut failures = Vec::new();
             for i in 0..100_000 {
                 if done.load(Ordering::Relaxed) {
                     break;
                 }
                 let r = if i % 3 == 0 {
-                    get_with(&mut c, &pinned).await
+                    c.get_with_cookie("/", Some(&pinned)).await
                 } else {
                     c.get("/").await
                 };
@@ -339,7 +321,7 @@ async fn a_removed_backend_in_maintenance_stays_out_and_cannot_be_re_enabled() {
     for _ in 0..4 {
         let r = c.get("/").await;
         if r.backend() == "b2" {
-            pinned = Some(cookie_of(&r));
+            pinned = Some(r.cookie().expect("a Set-Cookie"));
         }
     }
     let pinned = pinned.expect("a user on b2");
@@ -358,7 +340,7 @@ async fn a_removed_backend_in_maintenance_stays_out_and_cannot_be_re_enabled() {
     eventually("b2 removed", || b2.is_removed()).await;
     assert_eq!(b2.admin(), AdminState::Maint);
     assert_eq!(
-        get_with(&mut c, &pinned).await.backend(),
+        c.get_with_cookie("/", Some(&pinned)).await.backend(),
         "b1",
         "maintenance holds after removal"
     );

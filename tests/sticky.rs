@@ -12,46 +12,9 @@ use rtcgate::pool::AdminState;
 use rtcgate::sticky::{unix_now, StickyCookie};
 use support::*;
 
-/// The `rtcgate=…` pair of a response's Set-Cookie, if it set ours.
-fn set_pair(r: &Reply) -> Option<String> {
-    r.headers
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("rtcgate="))
-        .map(|v| v.split(';').next().unwrap_or_default().to_string())
-}
-
-fn set_cookie_line(r: &Reply) -> String {
-    r.headers
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("rtcgate="))
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// GET `path` with a `Cookie` header (when given).
-async fn get_with(c: &mut HttpClient, path: &str, cookie: Option<&str>) -> Reply {
-    let mut req = c.request("GET", path);
-    if let Some(cookie) = cookie {
-        req = req.header("cookie", cookie);
-    }
-    c.fetch(req.body(empty()).expect("request")).await
-}
-
 /// The sticky settings of a running test proxy, to mint tokens the way another instance would.
 fn minter(proxy: &TestProxy) -> StickyCookie {
     StickyCookie::new(&proxy.proxy.snapshot().config.sticky)
-}
-
-fn backend_state(proxy: &TestProxy, id: &str) -> Arc<rtcgate::pool::Backend> {
-    proxy.proxy.snapshot().pools[0]
-        .member(id)
-        .expect("member")
-        .backend
-        .clone()
 }
 
 async fn three() -> (Vec<Arc<DemoBackend>>, TestProxy) {
@@ -65,7 +28,7 @@ async fn no_cookie_gets_one_and_then_sticks() {
     let (_b, proxy) = three().await;
     let mut c = proxy.h1().await;
     let first = c.get("/").await;
-    let line = set_cookie_line(&first);
+    let line = first.set_cookie_line();
     for attr in ["HttpOnly", "Path=/", "SameSite=Lax", "Secure"] {
         assert!(line.contains(attr), "{attr} missing: {line}");
     }
@@ -73,14 +36,14 @@ async fn no_cookie_gets_one_and_then_sticks() {
         !line.contains("127.0.0.1"),
         "the cookie shows an address: {line}"
     );
-    let pair = set_pair(&first).expect("a new user gets a cookie");
+    let pair = first.cookie().expect("a new user gets a cookie");
     for _ in 0..10 {
         // A fresh connection each time: the pin is in the cookie, not the connection.
         let mut c = proxy.h1().await;
-        let r = get_with(&mut c, "/", Some(&pair)).await;
+        let r = c.get_with_cookie("/", Some(&pair)).await;
         assert_eq!(r.backend(), first.backend());
         assert_eq!(
-            set_pair(&r),
+            r.cookie(),
             None,
             "Set-Cookie only when the pin is new or changed"
         );
@@ -91,7 +54,7 @@ async fn no_cookie_gets_one_and_then_sticks() {
 async fn over_plain_http_the_cookie_is_not_secure() {
     let (_b, proxy) = three().await;
     let r = proxy.h1_plain().await.get("/").await;
-    let line = set_cookie_line(&r);
+    let line = r.set_cookie_line();
     assert!(line.starts_with("rtcgate="), "{line}");
     assert!(!line.contains("Secure"), "{line}");
 }
@@ -100,7 +63,7 @@ async fn over_plain_http_the_cookie_is_not_secure() {
 async fn forged_tampered_expired_and_unknown_cookies_are_placed_afresh() {
     let (_b, proxy) = three().await;
     let mut c = proxy.h1().await;
-    let pair = set_pair(&c.get("/").await).expect("cookie");
+    let pair = c.get("/").await.cookie().expect("cookie");
     let token = pair.trim_start_matches("rtcgate=");
     let other = ["b1", "b2", "b3"]
         .into_iter()
@@ -139,9 +102,11 @@ async fn forged_tampered_expired_and_unknown_cookies_are_placed_afresh() {
         ),
     ];
     for (what, cookie) in cases {
-        let r = get_with(&mut c, "/", Some(&cookie)).await;
+        let r = c.get_with_cookie("/", Some(&cookie)).await;
         assert_eq!(r.status, StatusCode::OK, "{what}: never an error page");
-        let fresh = set_pair(&r).unwrap_or_else(|| panic!("{what}: no new cookie"));
+        let fresh = r
+            .cookie()
+            .unwrap_or_else(|| panic!("{what}: no new cookie"));
         assert_ne!(fresh, cookie, "{what}");
         // The new cookie pins to the backend that answered.
         assert!(
@@ -156,13 +121,9 @@ async fn forged_tampered_expired_and_unknown_cookies_are_placed_afresh() {
 async fn the_backend_never_sees_the_proxy_cookie_but_gets_the_others() {
     let (_b, proxy) = three().await;
     let mut c = proxy.h1().await;
-    let pair = set_pair(&c.get("/").await).expect("cookie");
-    let r = get_with(
-        &mut c,
-        "/headers",
-        Some(&format!("theme=dark; {pair}; lang=\"en gb\"")),
-    )
-    .await;
+    let pair = c.get("/").await.cookie().expect("cookie");
+    let others = format!("theme=dark; {pair}; lang=\"en gb\"");
+    let r = c.get_with_cookie("/headers", Some(&others)).await;
     let cookies: Vec<String> = r.json()["headers"]
         .as_array()
         .expect("headers")
@@ -191,10 +152,10 @@ async fn the_backend_never_sees_the_proxy_cookie_but_gets_the_others() {
         .filter_map(|kv| kv[1].as_str())
         .collect();
     assert_eq!(cookies, vec!["theme=dark; lang=en"]);
-    assert_eq!(set_pair(&r), None, "the h2 request carried a valid pin");
+    assert_eq!(r.cookie(), None, "the h2 request carried a valid pin");
 
     // Only our cookie: the header disappears.
-    let r = get_with(&mut c, "/headers", Some(&pair)).await;
+    let r = c.get_with_cookie("/headers", Some(&pair)).await;
     assert!(!r.text().contains("\"cookie\""), "{}", r.text());
 }
 
@@ -202,8 +163,11 @@ async fn the_backend_never_sees_the_proxy_cookie_but_gets_the_others() {
 async fn rotated_keys_honour_old_cookies_and_sign_with_the_new_key() {
     let backends = spawn_backends(3).await;
     let old = spawn_proxy(&config_for(&backends, "")).await;
-    let pair = set_pair(&old.h1().await.get("/").await).expect("cookie");
-    let first = get_with(&mut old.h1().await, "/", Some(&pair))
+    let pair = old.h1().await.get("/").await.cookie().expect("cookie");
+    let first = old
+        .h1()
+        .await
+        .get_with_cookie("/", Some(&pair))
         .await
         .backend()
         .to_string();
@@ -214,14 +178,14 @@ async fn rotated_keys_honour_old_cookies_and_sign_with_the_new_key() {
     );
     let new = spawn_proxy(&rotated).await;
     let mut c = new.h1().await;
-    let r = get_with(&mut c, "/", Some(&pair)).await;
+    let r = c.get_with_cookie("/", Some(&pair)).await;
     assert_eq!(
         r.backend(),
         first,
         "a cookie signed with the old key still pins"
     );
-    assert_eq!(set_pair(&r), None);
-    let fresh = set_pair(&c.get("/").await).expect("cookie");
+    assert_eq!(r.cookie(), None);
+    let fresh = c.get("/").await.cookie().expect("cookie");
     assert!(
         fresh.starts_with("rtcgate=t2:"),
         "the first key signs: {fresh}"
@@ -239,14 +203,14 @@ async fn a_pinned_backend_that_is_down_repins_or_rejects() {
         let proxy = spawn_proxy(&toml).await;
         let mut c = proxy.h1().await;
         let first = c.get("/").await;
-        let pair = set_pair(&first).expect("cookie");
-        backend_state(&proxy, first.backend()).set_up(false);
-        let r = get_with(&mut c, "/", Some(&pair)).await;
+        let pair = first.cookie().expect("cookie");
+        proxy.backend_state(first.backend()).set_up(false);
+        let r = c.get_with_cookie("/", Some(&pair)).await;
         if when_down == "repin" {
             assert_eq!(r.status, StatusCode::OK);
             assert_ne!(r.backend(), first.backend());
-            let moved = set_pair(&r).expect("a repinned user gets a new cookie");
-            let again = get_with(&mut c, "/", Some(&moved)).await;
+            let moved = r.cookie().expect("a repinned user gets a new cookie");
+            let again = c.get_with_cookie("/", Some(&moved)).await;
             assert_eq!(again.backend(), r.backend(), "the new pin holds");
         } else {
             assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -260,18 +224,18 @@ async fn a_pinned_backend_in_maintenance_is_left_and_a_draining_one_kept() {
     let (_b, proxy) = three().await;
     let mut c = proxy.h1().await;
     let first = c.get("/").await;
-    let pair = set_pair(&first).expect("cookie");
-    let state = backend_state(&proxy, first.backend());
+    let pair = first.cookie().expect("cookie");
+    let state = proxy.backend_state(first.backend());
 
     state.set_admin(AdminState::Draining);
     for _ in 0..5 {
-        let r = get_with(&mut c, "/", Some(&pair)).await;
+        let r = c.get_with_cookie("/", Some(&pair)).await;
         assert_eq!(
             r.backend(),
             first.backend(),
             "draining keeps its pinned users"
         );
-        assert_eq!(set_pair(&r), None);
+        assert_eq!(r.cookie(), None);
     }
     for _ in 0..9 {
         assert_ne!(
@@ -282,9 +246,9 @@ async fn a_pinned_backend_in_maintenance_is_left_and_a_draining_one_kept() {
     }
 
     state.set_admin(AdminState::Maint);
-    let r = get_with(&mut c, "/", Some(&pair)).await;
+    let r = c.get_with_cookie("/", Some(&pair)).await;
     assert_ne!(r.backend(), first.backend(), "maintenance takes no traffic");
-    assert!(set_pair(&r).is_some());
+    assert!(r.cookie().is_some());
 }
 
 #[tokio::test]
@@ -296,16 +260,16 @@ async fn full_backends_turn_new_users_away_but_admit_pinned_ones() {
     .await;
     let mut c = proxy.h1().await;
     let first = c.get("/").await;
-    let pair = set_pair(&first).expect("cookie");
+    let pair = first.cookie().expect("cookie");
     // Fill both backends to their cap with sessions, as open tunnels would.
     let _sessions: Vec<_> = ["b1", "b2"]
         .iter()
-        .map(|id| backend_state(&proxy, id).open_session())
+        .map(|id| proxy.backend_state(id).open_session())
         .collect();
     let r = c.get("/").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.header("retry-after"), Some("5"));
-    let r = get_with(&mut c, "/", Some(&pair)).await;
+    let r = c.get_with_cookie("/", Some(&pair)).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.backend(), first.backend());
 }
@@ -317,7 +281,7 @@ async fn three_hundred_new_users_spread_evenly() {
     let mut per: HashMap<String, usize> = HashMap::new();
     for _ in 0..300 {
         let r = c.get("/").await;
-        assert!(set_pair(&r).is_some());
+        assert!(r.cookie().is_some());
         *per.entry(r.backend().to_string()).or_default() += 1;
     }
     for b in &backends {
@@ -338,13 +302,13 @@ async fn a_room_stays_together_and_rooms_spread() {
         // New users, some holding cookies pinned elsewhere: the room decides.
         let r = c.get("/?room=weekly-sync").await;
         homes.insert(r.backend().to_string());
-        let other = get_with(&mut c, "/", None).await;
-        let pair = set_pair(&other).expect("cookie");
-        let r = get_with(&mut c, "/?room=weekly-sync", Some(&pair)).await;
+        let other = c.get_with_cookie("/", None).await;
+        let pair = other.cookie().expect("cookie");
+        let r = c.get_with_cookie("/?room=weekly-sync", Some(&pair)).await;
         homes.insert(r.backend().to_string());
         if other.backend() != r.backend() {
             assert!(
-                set_pair(&r).is_some(),
+                r.cookie().is_some(),
                 "the cookie is re-issued to match the room"
             );
         }
@@ -382,14 +346,14 @@ async fn two_instances_with_the_same_keys_behave_as_one() {
     let (mut ca, mut cb) = (a.h1().await, b.h1().await);
     for _ in 0..6 {
         let first = ca.get("/").await;
-        let pair = set_pair(&first).expect("cookie");
-        let r = get_with(&mut cb, "/", Some(&pair)).await;
+        let pair = first.cookie().expect("cookie");
+        let r = cb.get_with_cookie("/", Some(&pair)).await;
         assert_eq!(
             r.backend(),
             first.backend(),
             "instance b honours instance a's cookie"
         );
-        assert_eq!(set_pair(&r), None);
+        assert_eq!(r.cookie(), None);
     }
     for i in 0..10 {
         let path = format!("/?room=shared-{i}");

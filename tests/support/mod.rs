@@ -600,3 +600,44 @@ impl TestProxy {
             .collect()
     }
 }
+
+impl Reply {
+    /// The `rtcgate=…` pair of this response's `Set-Cookie`, when it set the proxy's cookie.
+    pub fn cookie(&self) -> Option<String> {
+        let line = self.set_cookie_line();
+        (!line.is_empty()).then(|| line.split(';').next().unwrap_or_default().to_string())
+    }
+
+    /// The whole `Set-Cookie` line of the proxy's cookie, or "".
+    pub fn set_cookie_line(&self) -> String {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("rtcgate="))
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl HttpClient {
+    /// GET `path`, with a `Cookie` header when one is given.
+    pub async fn get_with_cookie(&mut self, path: &str, cookie: Option<&str>) -> Reply {
+        let mut req = self.request("GET", path);
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", cookie);
+        }
+        self.fetch(req.body(empty()).expect("request")).await
+    }
+}
+
+impl TestProxy {
+    /// The runtime state of backend `id` of the first pool.
+    pub fn backend_state(&self, id: &str) -> Arc<rtcgate::pool::Backend> {
+        self.proxy.snapshot().pools[0]
+            .member(id)
+            .expect("member")
+            .backend
+            .clone()
+    }
+}
