@@ -218,13 +218,7 @@ async fn drain_keeps_pins_and_takes_no_new_ones_maint_repins_enable_restores() {
     let proxy = spawn_proxy(&config_for(&backends, "")).await;
     let mut c = proxy.h1().await;
     let first = c.get("/").await;
-    let cookie = first
-        .headers
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .expect("cookie")
-        .to_string();
+    let cookie = first.cookie().expect("cookie");
     let pinned = first.backend().to_string();
     let path = |action: &str| format!("/pools/media/backends/{pinned}/{action}");
 

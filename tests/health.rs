@@ -72,13 +72,7 @@ async fn a_killed_backend_costs_no_failed_response_and_its_users_are_repinned() 
     let mut c = proxy.h1_plain().await;
     let first = c.get("/").await;
     let victim = first.backend().to_string();
-    let pair = first
-        .headers
-        .get("set-cookie")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .expect("cookie")
-        .to_string();
+    let pair = first.cookie().expect("cookie");
     let mut failures = Vec::new();
     let mut repinned = None;
     for i in 0..2000 {
@@ -191,15 +185,8 @@ async fn a_draining_backends_tunnels_close_at_drain_timeout() {
         .expect("request");
     assert_eq!(admin.fetch(req).await.status, StatusCode::OK);
     echo(ws.ws(), "still open while draining").await;
-    let status = proxy.admin().await.get("/status").await.json();
-    let listed = status["pools"][0]["backends"]
-        .as_array()
-        .expect("list")
-        .clone();
-    let mine = listed
-        .iter()
-        .find(|b| b["id"] == on.as_str())
-        .expect("listed");
+    echo(ws.ws(), "still open while draining").await;
+    let mine = proxy.status_of(&on).await;
     assert_eq!(
         (mine["state"].as_str(), mine["drained"].as_bool()),
         (Some("draining"), Some(false))
@@ -210,15 +197,7 @@ async fn a_draining_backends_tunnels_close_at_drain_timeout() {
         b.sessions() == 0
     })
     .await;
-    let status = proxy.admin().await.get("/status").await.json();
-    let listed = status["pools"][0]["backends"]
-        .as_array()
-        .expect("list")
-        .clone();
-    let mine = listed
-        .iter()
-        .find(|b| b["id"] == on.as_str())
-        .expect("listed");
+    let mine = proxy.status_of(&on).await;
     assert_eq!(mine["drained"], true, "drained to zero is reported");
 }
 

@@ -44,14 +44,7 @@ async fn a_removed_backend_drains_its_pinned_users_and_tunnels_keep_working() {
     let proxy = spawn_proxy(&config_for(&backends, "")).await;
     let mut c = proxy.h1().await;
     // A user pinned to b2, and a tunnel on b2.
-    let mut pinned = None;
-    for _ in 0..4 {
-        let r = c.get("/").await;
-        if r.backend() == "b2" {
-            pinned = Some(r.cookie().expect("a Set-Cookie"));
-        }
-    }
-    let pinned = pinned.expect("a user on b2");
+    let pinned = proxy.user_pinned_to("b2").await;
     let mut ws = proxy.ws_plain("/ws", Some(&pinned)).await;
     assert_eq!(ws.backend(), "b2");
     echo(ws.ws(), "before").await;
@@ -317,14 +310,7 @@ async fn a_removed_backend_in_maintenance_stays_out_and_cannot_be_re_enabled() {
     let backends = spawn_backends(2).await;
     let proxy = spawn_proxy(&config_for(&backends, "")).await;
     let mut c = proxy.h1().await;
-    let mut pinned = None;
-    for _ in 0..4 {
-        let r = c.get("/").await;
-        if r.backend() == "b2" {
-            pinned = Some(r.cookie().expect("a Set-Cookie"));
-        }
-    }
-    let pinned = pinned.expect("a user on b2");
+    let pinned = proxy.user_pinned_to("b2").await;
     let mut admin = proxy.admin().await;
     let req = admin
         .request("POST", "/pools/media/backends/b2/maint")

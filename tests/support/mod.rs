@@ -641,3 +641,29 @@ impl TestProxy {
             .clone()
     }
 }
+
+impl TestProxy {
+    /// Backend `id`'s entry in `GET /status`.
+    pub async fn status_of(&self, id: &str) -> serde_json::Value {
+        let status = self.admin().await.get("/status").await.json();
+        status["pools"][0]["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .find(|b| b["id"] == id)
+            .unwrap_or_else(|| panic!("{id} is not listed in /status"))
+            .clone()
+    }
+
+    /// A new user's cookie pinning it to backend `id` (new users rotate over idle backends).
+    pub async fn user_pinned_to(&self, id: &str) -> String {
+        let mut c = self.h1().await;
+        for _ in 0..16 {
+            let r = c.get("/").await;
+            if r.backend() == id {
+                return r.cookie().expect("a new user's Set-Cookie");
+            }
+        }
+        panic!("no new user was placed on {id}")
+    }
+}
