@@ -53,6 +53,8 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 
 log() { printf '[bench] %s\n' "$*" >&2; }
+# shellcheck source=benches/lib.sh
+source "$REPO/benches/lib.sh"
 
 # ---------------------------------------------------------------- 1. dependencies
 need=()
@@ -76,36 +78,10 @@ BIN="$REPO/target/release/rtcgate"
 [[ -x "$BIN" ]] || { echo "no binary at $BIN" >&2; exit 1; }
 
 # ---------------------------------------------------------------- temp dir + cleanup
-TMP="$(mktemp -d /tmp/rtcgate-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 30); do
-        local alive=0
-        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_tmp rtcgate-bench
 
 # ---------------------------------------------------------------- 3. free ports
-# Bind all sockets at once so the kernel hands out distinct ports, then release them.
-read -r P1 P2 P3 RTC_HTTP RTC_HTTPS HAP_PORT < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(6)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in ss))
-for s in ss: s.close()')
+read -r P1 P2 P3 RTC_HTTP RTC_HTTPS HAP_PORT < <(free_ports 6)
 log "ports: backends $P1 $P2 $P3, rtcgate $RTC_HTTP/$RTC_HTTPS, haproxy $HAP_PORT"
 
 # wait_ready URL [curl opts...]: polls for a 200 carrying a backend body, ~10 s max.

@@ -50,6 +50,8 @@ CONCURRENCY="${CONCURRENCY:-200}"
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 log() { printf '[ws-bench] %s\n' "$*" >&2; }
+# shellcheck source=benches/lib.sh
+source "$REPO/benches/lib.sh"
 
 # ---------------------------------------------------------------- 1. dependencies
 need=()
@@ -97,35 +99,10 @@ fi
 "$TOOL" | grep -q '^ws_tunnels:' || { echo "$TOOL is not the harness = false ws_tunnels tool" >&2; exit 1; }
 
 # ---------------------------------------------------------------- temp dir + cleanup
-TMP="$(mktemp -d /tmp/rtcgate-ws-bench.XXXXXX)"
-PIDS=()
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local p
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        local alive=0
-        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-        ((alive)) || break
-        sleep 0.1
-    done
-    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$TMP"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_tmp rtcgate-ws-bench
 
 # ---------------------------------------------------------------- 4. free ports
-read -r P1 P2 P3 RTC_PORT HAP_PORT < <(python3 -c '
-import socket
-ss = [socket.socket() for _ in range(5)]
-for s in ss: s.bind(("127.0.0.1", 0))
-print(*(s.getsockname()[1] for s in ss))
-for s in ss: s.close()')
+read -r P1 P2 P3 RTC_PORT HAP_PORT < <(free_ports 5)
 log "ports: backends $P1 $P2 $P3, rtcgate $RTC_PORT, haproxy $HAP_PORT"
 
 # wait_ready URL PID NAME: polls URL until it answers 200 "ok" (bounded, ~15 s).

@@ -1,0 +1,39 @@
+# Shared by the load scripts in benches/: a temporary folder whose processes are all stopped on
+# exit (normal, error or Ctrl-C), and free loopback ports. Source it; do not run it.
+
+# bench_tmp PREFIX: sets TMP to a new folder and PIDS=(); on exit, every pid appended to PIDS is
+# sent TERM, then KILL after three seconds, and TMP is removed.
+bench_tmp() {
+    TMP="$(mktemp -d "/tmp/$1.XXXXXX")"
+    PIDS=()
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+bench_cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local p
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 30); do
+        local alive=0
+        for p in "${PIDS[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+    exit "$rc"
+}
+
+# free_ports N: prints N distinct free ports on 127.0.0.1 (all bound at once, then released).
+free_ports() {
+    python3 -c '
+import socket, sys
+ss = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in ss))
+for s in ss: s.close()' "$1"
+}
