@@ -30,8 +30,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 /// WebSocket whose peer is gone is of no use half open (HAProxy's `timeout client-fin`).
 const FIN_WAIT: Duration = Duration::from_secs(1);
 
-/// Bytes one read may move; one such buffer per worker thread, shared by all its tunnels.
-const SCRATCH: usize = 16 * 1024;
+/// Bytes one read may move; one such buffer per worker thread, shared by all its tunnels (so its
+/// size costs nothing per tunnel, and bulk transfers move in fewer, larger system calls).
+const SCRATCH: usize = 64 * 1024;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
