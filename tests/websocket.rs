@@ -134,13 +134,13 @@ async fn five_hundred_concurrent_tunnels_all_echo() {
 }
 
 #[tokio::test]
-async fn session_counts_stay_exact_over_a_thousand_open_close_cycles() {
+async fn session_counts_stay_exact_over_two_thousand_open_close_cycles() {
     let backends = spawn_backends(2).await;
     let proxy = Arc::new(spawn_proxy(&config_for(&backends, "")).await);
     join_all((0..10).map(|w| {
         let proxy = proxy.clone();
         async move {
-            for i in 0..100 {
+            for i in 0..200 {
                 let mut r = proxy.ws_plain("/ws", None).await;
                 if i % 2 == 0 {
                     echo(r.ws(), &format!("{w}-{i}")).await;
@@ -152,6 +152,14 @@ async fn session_counts_stay_exact_over_a_thousand_open_close_cycles() {
     }))
     .await;
     eventually("sessions back to zero", || sessions(&proxy) == 0).await;
+    let metrics = proxy.admin().await.get("/metrics").await.text();
+    for b in &backends {
+        let line = format!(
+            "rtcgate_backend_sessions{{backend=\"{}\",pool=\"media\"}} 0",
+            b.id
+        );
+        assert!(metrics.contains(&line), "missing `{line}` in:\n{metrics}");
+    }
 }
 
 #[tokio::test]
