@@ -406,12 +406,6 @@ impl Registry {
         (kept, all.leaving.values().cloned().collect())
     }
 
-    /// Backends still leaving.
-    pub fn leaving(&self) -> Vec<Leaving> {
-        let all = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        all.leaving.values().cloned().collect()
-    }
-
     /// Ends the drain of leaving backends whose time is up: closes their tunnels and removes
     /// their metric series. Returns how many went.
     pub fn expire(&self, now: Instant) -> usize {

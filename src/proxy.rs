@@ -263,10 +263,6 @@ impl Proxy {
         self.shared.snapshot.load_full()
     }
 
-    pub fn registry(&self) -> &Registry {
-        &self.shared.registry
-    }
-
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.shared.registry.metrics()
     }
