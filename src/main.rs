@@ -46,6 +46,9 @@ fn main() -> ExitCode {
                 // SNI (curl and wrk do); that is the client's business, not the operator's.
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
         )
+        // Logs go to stderr (stdout is `check`'s answer), with colour only on a terminal.
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     if let Some(Command::DemoBackend { id, listen }) = &cli.command {
