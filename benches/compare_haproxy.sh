@@ -57,17 +57,7 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 source "$REPO/benches/lib.sh"
 
 # ---------------------------------------------------------------- 1. dependencies
-need=()
-command -v wrk     >/dev/null 2>&1 || need+=(wrk)
-command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
-command -v nginx   >/dev/null 2>&1 || need+=(nginx-light)
-command -v curl    >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if ((${#need[@]})); then
-    log "installing: ${need[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}"
-fi
+need_commands wrk:wrk haproxy:haproxy nginx:nginx-light curl:curl python3:python3
 # Debian's haproxy/nginx packages start system services on install; those use their own
 # ports/configs and are left alone. Everything below runs private instances.
 

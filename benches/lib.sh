@@ -37,3 +37,18 @@ for s in ss: s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in ss))
 for s in ss: s.close()' "$1"
 }
+
+# need_commands CMD:PACKAGE ...: installs, with Debian's apt-get, the packages whose command is
+# missing (trying the local package lists first, and updating them only if that fails).
+need_commands() {
+    local pair need=()
+    for pair in "$@"; do
+        command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+    done
+    ((${#need[@]})) || return 0
+    printf '[bench] installing: %s\n' "${need[*]}" >&2
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+    fi
+}

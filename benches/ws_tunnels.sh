@@ -54,17 +54,7 @@ log() { printf '[ws-bench] %s\n' "$*" >&2; }
 source "$REPO/benches/lib.sh"
 
 # ---------------------------------------------------------------- 1. dependencies
-need=()
-command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
-command -v curl    >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if ((${#need[@]})); then
-    log "installing: ${need[*]}"
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1; then
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
-    fi
-fi
+need_commands haproxy:haproxy curl:curl python3:python3
 
 # ---------------------------------------------------------------- 2. fd limit
 hard=$(ulimit -Hn)
