@@ -845,9 +845,9 @@ fn upstream_request(
     ))
 }
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), besides those that
-/// `Connection` names.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), whatever
+/// `Connection` says. `Connection` comes first.
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -859,26 +859,63 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// `name`'s place in [`HOP_BY_HOP`], for a name in lowercase.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        _ => return None,
+    })
+}
+
 /// Removes hop-by-hop headers: the static list and every name listed in `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the names is cheaper than a lookup of
-    // each. (Names listed in `Connection` only matter when `Connection` itself is present.)
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // Most messages carry one of these at most (`Connection: keep-alive`): one pass over the
+    // names notes which are present, and only those are removed.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // Names already stripped below, and `close`, need no header name of their own.
-        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-        .filter(|t| !t.eq_ignore_ascii_case("upgrade"))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    if present & 1 != 0 {
+        // Names the client or backend marked as hop-by-hop; `close` is an option, not a name,
+        // and the static names are handled below.
+        let mut listed = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case(b"close")
+                    || HOP_BY_HOP
+                        .iter()
+                        .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()))
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token) {
+                    listed.push(name);
+                }
+            }
+        }
+        for name in &listed {
+            headers.remove(name);
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 mod support;
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use http::{StatusCode, Version};
 use support::*;
@@ -296,4 +297,66 @@ async fn shutdown_lets_an_in_flight_request_finish() {
         .expect("run");
     // The listener is gone: new connections are refused.
     assert!(TcpStream::connect(proxy.https).await.is_err());
+}
+
+/// A backend that answers the first request on each connection and then, like a backend whose
+/// keep-alive timeout fires just as the next request arrives, closes the connection on the
+/// second request without answering it.
+async fn spawn_one_answer_backend() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Read up to the end of the first request's head (its body, if any, follows
+                // within the same bytes in these tests, or is ignored).
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                // The next request's first bytes: close without a word.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_get_on_a_pooled_connection_the_backend_just_closed_is_replayed() {
+    let addr = spawn_one_answer_backend().await;
+    // Passive checks off the path under test: a single failure must not eject the backend.
+    let proxy = spawn_proxy(&config_toml(
+        &[("b1", addr)],
+        "",
+        "[pools.media.health]\nfall = 3",
+    ))
+    .await;
+    let mut c = proxy.h1().await;
+    assert_eq!(c.get("/first").await.status, StatusCode::OK);
+    // Idle long enough for a backend's keep-alive timeout to be the likely cause of a close.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The pooled connection dies under this GET; the proxy sends it again on a fresh one.
+    let r = c.get("/second").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.text(), "ok");
+
+    // A POST with a body may have been acted on: it is not replayed.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let req = c
+        .request("POST", "/third")
+        .body(full("payload"))
+        .expect("request");
+    let r = c.fetch(req).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
 }
