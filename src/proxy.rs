@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -52,6 +52,9 @@ pub struct ConnInfo {
     xff_item: HeaderValue,
     /// `for=…;proto=…`: this hop's `Forwarded` element without the host.
     forwarded_for: String,
+    /// The whole `Forwarded` element for the first host asked for on this connection, which is
+    /// nearly always the host of every request on it: (host, element).
+    forwarded: OnceLock<(HeaderValue, HeaderValue)>,
     /// What the server holds for this connection (its slot under `max_connections`, its
     /// metric gauge): released when the connection and every tunnel it became are done.
     _held: Box<dyn std::any::Any + Send + Sync>,
@@ -99,6 +102,7 @@ impl ConnInfo {
             tls,
             xff_item: xff_item.unwrap_or(HeaderValue::from_static("unknown")),
             forwarded_for: format!("for={node};proto={proto}"),
+            forwarded: OnceLock::new(),
             _held: held,
             active: AtomicU32::new(0),
         })
@@ -799,14 +803,21 @@ fn upstream_request(
     if parts.method == Method::CONNECT && websocket.is_none() {
         return Err(ProxyError::BadRequest("CONNECT is not supported here"));
     }
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str())
-            .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
-        None => parts
-            .headers
-            .get(header::HOST)
-            .cloned()
-            .ok_or(ProxyError::BadRequest("the request names no host"))?,
+    // HTTP/2 names the host in `:authority`, which becomes `Host`; HTTP/1.1's `Host` stays.
+    let (host, host_from_authority) = match parts.uri.authority() {
+        Some(a) => (
+            HeaderValue::from_str(a.as_str())
+                .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+            true,
+        ),
+        None => (
+            parts
+                .headers
+                .get(header::HOST)
+                .cloned()
+                .ok_or(ProxyError::BadRequest("the request names no host"))?,
+            false,
+        ),
     };
     let client_version = parts.version;
     // Room for the forwarding headers, so adding them does not regrow the map.
@@ -816,7 +827,9 @@ fn upstream_request(
         join_cookies(&mut parts.headers);
     }
     add_forwarding(&mut parts.headers, conn, &host);
-    parts.headers.insert(header::HOST, host);
+    if host_from_authority {
+        parts.headers.insert(header::HOST, host);
+    }
     let path = parts
         .uri
         .path_and_query()
@@ -949,6 +962,29 @@ fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) 
         conn.xff_item.clone()
     };
     headers.insert(&X_FORWARDED_FOR, xff);
+    let (cached_host, element) = conn
+        .forwarded
+        .get_or_init(|| (host.clone(), forwarded_element(conn, host)));
+    let fresh;
+    let element = if cached_host == host {
+        element
+    } else {
+        fresh = forwarded_element(conn, host);
+        &fresh
+    };
+    let fwd = if headers.contains_key(header::FORWARDED) {
+        join_list(headers, &header::FORWARDED, element.as_bytes())
+    } else {
+        element.clone()
+    };
+    headers.insert(header::FORWARDED, fwd);
+    let proto = if conn.tls { "https" } else { "http" };
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    headers.insert(&X_FORWARDED_HOST, host.clone());
+}
+
+/// This hop's `Forwarded` element: `for=…;proto=…;host="…"`.
+fn forwarded_element(conn: &ConnInfo, host: &HeaderValue) -> HeaderValue {
     let host_bytes = host.as_bytes();
     let mut element = Vec::with_capacity(conn.forwarded_for.len() + host_bytes.len() + 8);
     element.extend_from_slice(conn.forwarded_for.as_bytes());
@@ -958,11 +994,8 @@ fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) 
         element.extend_from_slice(host_bytes);
         element.push(b'"');
     }
-    let fwd = join_list(headers, &header::FORWARDED, &element);
-    headers.insert(header::FORWARDED, fwd);
-    let proto = if conn.tls { "https" } else { "http" };
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    headers.insert(&X_FORWARDED_HOST, host.clone());
+    HeaderValue::from_maybe_shared(Bytes::from(element))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The values of `name` joined as one comma-separated list, with `item` appended.
@@ -1072,6 +1105,24 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarded_names_the_host_of_each_request_on_a_connection() {
+        let peer: SocketAddr = "192.0.2.7:5000".parse().expect("addr");
+        let conn = ConnInfo::new(peer, true, Box::new(()));
+        for host in ["a.example", "b.example", "a.example"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::FORWARDED,
+                HeaderValue::from_static("for=198.51.100.1"),
+            );
+            add_forwarding(&mut h, &conn, &HeaderValue::from_static(host));
+            let want = format!("for=198.51.100.1, for=192.0.2.7;proto=https;host=\"{host}\"");
+            assert_eq!(h[header::FORWARDED], want.as_str());
+            assert_eq!(h[&X_FORWARDED_HOST], host);
+            assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
+        }
     }
 
     #[test]

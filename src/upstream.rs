@@ -6,7 +6,7 @@
 //! connection the backend had just closed comes back unsent and is retried once on a fresh one.
 //! Placement is not decided here; `proxy.rs` names the address.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,6 +16,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
 
 use crate::config::Limits;
@@ -58,7 +59,8 @@ struct Idle {
 /// One worker's idle backend connections.
 #[derive(Default)]
 pub struct Upstream {
-    idle: Mutex<HashMap<SocketAddr, VecDeque<Idle>>>,
+    /// Keyed by backend address (from the configuration, not from peers: a fast hash will do).
+    idle: Mutex<FxHashMap<SocketAddr, VecDeque<Idle>>>,
 }
 
 /// The `[limits]` that concern backend connections, read from the snapshot per request so that
