@@ -47,10 +47,6 @@ impl UpstreamError {
     }
 }
 
-/// How long a pooled connection must have been idle before a request sent on it is kept for a
-/// replay (see [`Upstream::send`]).
-const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(500);
-
 struct Idle {
     sender: SendRequest<UpstreamBody>,
     since: Instant,
@@ -107,9 +103,8 @@ impl Upstream {
     /// A request that never left (the connect failed) comes back with the error, so the caller
     /// may try another backend. A pooled connection that turns out closed is replaced by a fresh
     /// one: at once when hyper hands the request back unsent, and also when a bodyless GET, HEAD
-    /// or OPTIONS got no response at all on a connection that had been idle for a while (the
-    /// backend's keep-alive timeout closed it as we wrote to it; replaying such a request is
-    /// safe).
+    /// or OPTIONS got no response at all (the backend closed the connection as we wrote to it;
+    /// replaying such a request is safe).
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
@@ -124,22 +119,17 @@ impl Upstream {
             } else {
                 self.take(addr, limits.idle_timeout)
             };
-            let (mut sender, idle_for) = match taken {
-                Some((s, since)) => (s, Some(since.elapsed())),
+            let (mut sender, reused) = match taken {
+                Some(s) => (s, true),
                 None => match self.connect(addr, limits.connect_timeout).await {
-                    Ok(s) => (s, None),
+                    Ok(s) => (s, false),
                     Err(e) => return Err((e, Some(req))),
                 },
             };
-            let reused = idle_for.is_some();
-            // A backend closes idle connections after its keep-alive timeout (seconds; nginx
-            // 75 s, Node.js 5 s): only a connection idle that long can be closed under a
-            // request already written. Copying the request for that case costs as much as
-            // parsing it, so it is done only where the race is possible.
-            let replay = match idle_for {
-                Some(idle) if idle >= REPLAY_AFTER_IDLE => replayable(&req),
-                _ => None,
-            };
+            // The copy is some 5 % of a request's instructions, but a backend that
+            // dies, restarts or times an idle connection out can close it under a request
+            // already written, and a GET then deserves another try, not a 502.
+            let replay = if reused { replayable(&req) } else { None };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let lease = Lease {
@@ -179,17 +169,13 @@ impl Upstream {
         }
     }
 
-    /// A ready idle connection to `addr`, most recently used first, with the time it went idle.
-    fn take(
-        &self,
-        addr: SocketAddr,
-        idle_timeout: Duration,
-    ) -> Option<(SendRequest<UpstreamBody>, Instant)> {
+    /// A ready idle connection to `addr`, most recently used first.
+    fn take(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&addr)?;
         while let Some(i) = list.pop_back() {
             if i.sender.is_ready() && i.since.elapsed() < idle_timeout {
-                return Some((i.sender, i.since));
+                return Some(i.sender);
             }
             // Closed, busy or stale: dropping the sender lets its connection close.
         }
