@@ -38,6 +38,9 @@ pub struct Metrics {
     pub client_connections: IntGauge,
     pub client_connections_total: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
+    /// Client connections (and the tunnels they became) each worker thread serves; the
+    /// accept loops balance on it.
+    pub worker_connections: IntGaugeVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -107,6 +110,7 @@ impl Metrics {
             client_connections,
             client_connections_total: counter_vec(&r, "rtcgate_client_connections_total", "Client connections accepted, by listener.", &["listener"]),
             tls_handshake_failures,
+            worker_connections: gauge_vec(&r, "rtcgate_worker_connections", "Client connections and tunnels each worker thread serves now.", &["worker"]),
             render: Mutex::new(()),
             registry: r,
         }

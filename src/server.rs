@@ -19,9 +19,10 @@ use anyhow::Context as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -103,6 +104,57 @@ struct Ctx {
     /// Cancelled when the grace period is over: worker threads stop.
     stop: CancellationToken,
     tasks: TaskTracker,
+    /// Connections (and the tunnels they became) each worker serves: the
+    /// `rtcgate_worker_connections` gauges.
+    load: Box<[IntGauge]>,
+    /// Each worker's queue of connections accepted by another worker.
+    inbox: Box<[mpsc::UnboundedSender<Handoff>]>,
+}
+
+impl Ctx {
+    /// The worker a new connection should go to: the one serving the fewest, `me` on a tie.
+    fn least_loaded(&self, me: usize) -> usize {
+        let mut best = (me, self.load[me].get());
+        for (w, load) in self.load.iter().enumerate() {
+            let load = load.get();
+            if load < best.1 {
+                best = (w, load);
+            }
+        }
+        best.0
+    }
+}
+
+/// One connection counted in its worker's load until dropped (with the connection and every
+/// tunnel it became).
+struct WorkerLoad {
+    ctx: Arc<Ctx>,
+    worker: usize,
+}
+
+impl WorkerLoad {
+    fn new(ctx: &Arc<Ctx>, worker: usize) -> WorkerLoad {
+        ctx.load[worker].inc();
+        WorkerLoad {
+            ctx: ctx.clone(),
+            worker,
+        }
+    }
+}
+
+impl Drop for WorkerLoad {
+    fn drop(&mut self) {
+        self.ctx.load[self.worker].dec();
+    }
+}
+
+/// A connection accepted by one worker for another, less loaded one.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    tls: bool,
+    permit: OwnedSemaphorePermit,
+    load: WorkerLoad,
 }
 
 /// Serves `listeners` until `shutdown` completes, then stops accepting, gives in-flight requests
@@ -119,11 +171,28 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let limits = proxy.snapshot().config.limits.clone();
+    let workers = match limits.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let (inbox, mut inboxes): (Vec<_>, Vec<_>) =
+        (0..workers).map(|_| mpsc::unbounded_channel()).unzip();
     let ctx = Arc::new(Ctx {
         connections: proxy.connection_slots().clone(),
         shutdown: CancellationToken::new(),
         stop: CancellationToken::new(),
         tasks: proxy.tasks().clone(),
+        load: (0..workers)
+            .map(|w| {
+                let g = proxy
+                    .metrics()
+                    .worker_connections
+                    .with_label_values(&[&w.to_string()]);
+                g.set(0);
+                g
+            })
+            .collect(),
+        inbox: inbox.into(),
     });
     let mut sockets = Vec::new();
     for (listener, tls) in [(listeners.https, true), (listeners.http, false)] {
@@ -138,12 +207,8 @@ pub async fn run(
         tracing::info!(addr = %admin.local_addr()?, "admin listening");
         tokio::spawn(crate::admin::serve(admin, proxy.clone(), ctx.stop.clone()));
     }
-    let workers = match limits.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
     let mut threads = Vec::with_capacity(workers);
-    for w in 0..workers {
+    for (w, inbox) in inboxes.drain(..).enumerate() {
         let mine = sockets
             .iter()
             .map(|(l, tls)| Ok((l.try_clone()?, *tls)))
@@ -151,7 +216,7 @@ pub async fn run(
         let (ctx, proxy) = (ctx.clone(), proxy.for_worker());
         let thread = std::thread::Builder::new()
             .name(format!("rtcgate-w{w}"))
-            .spawn(move || worker(mine, ctx, proxy))
+            .spawn(move || worker(w, mine, inbox, ctx, proxy))
             .context("cannot start a worker thread")?;
         threads.push(thread);
     }
@@ -182,9 +247,16 @@ pub async fn run(
     Ok(())
 }
 
-/// One worker thread: a single-threaded runtime accepting on its copies of the listeners until
-/// told to stop; dropping the runtime then drops whatever connections are left.
-fn worker(sockets: Vec<(std::net::TcpListener, bool)>, ctx: Arc<Ctx>, proxy: Arc<Proxy>) {
+/// One worker thread: a single-threaded runtime accepting on its copies of the listeners, and
+/// serving what it accepted or was handed, until told to stop; dropping the runtime then drops
+/// whatever connections are left.
+fn worker(
+    me: usize,
+    sockets: Vec<(std::net::TcpListener, bool)>,
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+    ctx: Arc<Ctx>,
+    proxy: Arc<Proxy>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -200,17 +272,32 @@ fn worker(sockets: Vec<(std::net::TcpListener, bool)>, ctx: Arc<Ctx>, proxy: Arc
             match TcpListener::from_std(socket) {
                 Ok(l) => {
                     ctx.tasks
-                        .spawn(accept_loop(l, tls, ctx.clone(), proxy.clone()));
+                        .spawn(accept_loop(me, l, tls, ctx.clone(), proxy.clone()));
                 }
                 Err(e) => tracing::error!(error = %e, "cannot register a listener"),
             }
         }
+        ctx.tasks
+            .spawn(take_handoffs(inbox, ctx.clone(), proxy.clone()));
         tokio::spawn(proxy.clone().sweep_idle_connections());
         ctx.stop.cancelled().await;
     });
 }
 
-async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Ctx>, proxy: Arc<Proxy>) {
+/// Accepts connections and gives each to the least loaded worker.
+///
+/// Every worker waits on the same sockets, and the kernel wakes them all for a new connection:
+/// whichever runs first takes it, and under a burst one worker can take nearly all (64 of 65
+/// was seen with `wrk -c64`), leaving the other core idle and latency doubled. So a worker
+/// that is not the least loaded passes what it accepts to the one that is, as HAProxy's
+/// threads do. This costs one cross-thread wake-up per connection, not per request.
+async fn accept_loop(
+    me: usize,
+    listener: TcpListener,
+    tls: bool,
+    ctx: Arc<Ctx>,
+    proxy: Arc<Proxy>,
+) {
     loop {
         // Past the cap, clients wait in the kernel's backlog instead of being accepted and
         // starved: wait for a free slot before accepting. The slot is not held while accepting,
@@ -239,14 +326,67 @@ async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Ctx>, proxy: Arc
             _ = ctx.shutdown.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        ctx.tasks.spawn(serve_connection(
-            stream,
-            peer,
-            tls,
-            ctx.clone(),
-            proxy.clone(),
-            permit,
-        ));
+        let target = ctx.least_loaded(me);
+        let load = WorkerLoad::new(&ctx, target);
+        if target == me {
+            ctx.tasks.spawn(serve_connection(
+                stream,
+                peer,
+                tls,
+                ctx.clone(),
+                proxy.clone(),
+                permit,
+                load,
+            ));
+            continue;
+        }
+        match stream.into_std() {
+            Ok(stream) => {
+                let handoff = Handoff {
+                    stream,
+                    peer,
+                    tls,
+                    permit,
+                    load,
+                };
+                // A worker's inbox closes only when it stops, and then so does everything.
+                let _ = ctx.inbox[target].send(handoff);
+            }
+            Err(e) => tracing::debug!(client = %peer, error = %e, "cannot hand a connection over"),
+        }
+    }
+}
+
+/// Serves the connections other workers accepted for this one.
+async fn take_handoffs(
+    mut inbox: mpsc::UnboundedReceiver<Handoff>,
+    ctx: Arc<Ctx>,
+    proxy: Arc<Proxy>,
+) {
+    loop {
+        let handoff = tokio::select! {
+            h = inbox.recv() => match h {
+                Some(h) => h,
+                None => return,
+            },
+            _ = ctx.shutdown.cancelled() => return,
+        };
+        match TcpStream::from_std(handoff.stream) {
+            Ok(stream) => {
+                ctx.tasks.spawn(serve_connection(
+                    stream,
+                    handoff.peer,
+                    handoff.tls,
+                    ctx.clone(),
+                    proxy.clone(),
+                    handoff.permit,
+                    handoff.load,
+                ));
+            }
+            Err(e) => {
+                tracing::debug!(client = %handoff.peer, error = %e, "cannot take a connection over");
+            }
+        }
     }
 }
 
@@ -271,8 +411,9 @@ async fn serve_connection(
     ctx: Arc<Ctx>,
     proxy: Arc<Proxy>,
     permit: OwnedSemaphorePermit,
+    load: WorkerLoad,
 ) {
-    let held = Box::new((permit, OpenConnection::new(proxy.metrics(), tls)));
+    let held = Box::new((permit, OpenConnection::new(proxy.metrics(), tls), load));
     let info = ConnInfo::new(peer, tls, held);
     // This connection's settings: those of the snapshot current when it arrived.
     let (http, limits, tls_config) = {

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 
 use http::StatusCode;
 use support::*;
+use tokio::net::TcpStream;
 
 /// The value of the sample `name` whose labels include every pair of `labels`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -383,4 +384,26 @@ async fn a_browser_shows_the_backends_on_the_status_page() {
         dom.contains("1 / 500"),
         "the open tunnel's session is shown"
     );
+}
+
+#[tokio::test]
+async fn client_connections_are_shared_evenly_by_the_worker_threads() {
+    let backends = spawn_backends(1).await;
+    let proxy = spawn_proxy(&config_for(&backends, "workers = 2")).await;
+    // A burst: every connection is open before any is used, as a load generator's are. The
+    // kernel wakes both workers for each; unbalanced, one of them could take nearly all.
+    let connects = (0..40).map(|_| TcpStream::connect(proxy.http));
+    let streams = within("40 connects", futures_util::future::join_all(connects)).await;
+    let mut clients = Vec::new();
+    for s in streams {
+        let s = s.expect("connect");
+        let mut c = HttpClient::h1(s, format!("localhost:{}", proxy.http.port()), "http").await;
+        assert_eq!(c.get("/").await.status, StatusCode::OK);
+        clients.push(c);
+    }
+    let text = metrics(&proxy).await;
+    let load = |w: &str| sample(&text, "rtcgate_worker_connections", &[("worker", w)]);
+    let (w0, w1) = (load("0").expect("worker 0"), load("1").expect("worker 1"));
+    assert_eq!(w0 + w1, 40.0, "{text}");
+    assert!((w0 - w1).abs() <= 1.0, "worker 0 serves {w0}, worker 1 serves {w1}");
 }
