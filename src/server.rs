@@ -82,6 +82,7 @@ impl HttpBuilders {
             .header_read_timeout(limits.header_read_timeout)
             // hyper answers 431 when a request head does not fit the read buffer.
             .max_buf_size(limits.max_header_size)
+            .writev(false)
             .keep_alive(true);
         b.http2()
             .timer(TokioTimer::new())
