@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
@@ -61,6 +61,12 @@ pub struct ConnInfo {
     /// Requests being handled and tunnels open on this connection: while any is, the
     /// connection is not idle, however quiet its socket.
     active: AtomicU32,
+    /// Requests (and tunnels) begun on this connection so far.
+    started: AtomicU32,
+    /// Whether the connection speaks HTTP/2 (seen on its first request).
+    h2: AtomicBool,
+    /// Backend response bodies being sent on this connection.
+    responding: AtomicU32,
 }
 
 impl ConnInfo {
@@ -69,8 +75,29 @@ impl ConnInfo {
         self.active.load(Ordering::Relaxed) > 0
     }
 
+    /// How many requests and tunnels have begun on this connection.
+    pub fn started(&self) -> u32 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// Whether a backend's response body is still being sent on this connection.
+    pub fn responding(&self) -> bool {
+        self.responding.load(Ordering::Relaxed) > 0
+    }
+
+    fn respond(self: &Arc<Self>) -> Responding {
+        self.responding.fetch_add(1, Ordering::Relaxed);
+        Responding(self.clone())
+    }
+
+    /// Whether this is an HTTP/2 connection (known once it has carried a request).
+    pub fn is_h2(&self) -> bool {
+        self.h2.load(Ordering::Relaxed)
+    }
+
     fn enter(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
         Active(self.clone())
     }
 }
@@ -81,6 +108,15 @@ struct Active(Arc<ConnInfo>);
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A backend's response body on its way to the client.
+struct Responding(Arc<ConnInfo>);
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        self.0.responding.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -105,6 +141,9 @@ impl ConnInfo {
             forwarded: OnceLock::new(),
             _held: held,
             active: AtomicU32::new(0),
+            started: AtomicU32::new(0),
+            h2: AtomicBool::new(false),
+            responding: AtomicU32::new(0),
         })
     }
 }
@@ -427,6 +466,9 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let _active = conn.enter();
+        if req.version() == Version::HTTP_2 && !conn.is_h2() {
+            conn.h2.store(true, Ordering::Relaxed);
+        }
         // Kept for the log lines; both clones share the request's buffers.
         let method = req.method().clone();
         let uri = req.uri().clone();
@@ -595,6 +637,7 @@ impl Proxy {
                 lease: kind.is_none().then_some(lease),
                 ended: false,
                 _inflight: placed.inflight,
+                _responding: conn.respond(),
             })
         }))
     }
@@ -1049,6 +1092,7 @@ pub struct Tracked {
     lease: Option<Lease>,
     ended: bool,
     _inflight: InFlight,
+    _responding: Responding,
 }
 
 impl Body for Tracked {

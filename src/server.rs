@@ -79,7 +79,8 @@ impl HttpBuilders {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            // Enforced by `serve_http`'s watchdog instead, without a timer per request.
+            .header_read_timeout(None)
             // hyper answers 431 when a request head does not fit the read buffer.
             .max_buf_size(limits.max_header_size)
             .writev(false)
@@ -481,17 +482,34 @@ async fn serve_http<I>(
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
 
-    // Idle timeout: checked every half period, so a silent connection is asked to close after
-    // 1–1.5 periods, and dropped if it is still silent a period later (a peer that stopped
-    // reading would otherwise hold its graceful close forever).
-    let mut tick = tokio::time::interval(limits.idle_timeout / 2);
+    // Two timeouts, checked every half of the shorter, without a clock read or timer per
+    // request:
+    // - header_read_timeout: with nothing in flight, an HTTP/1.1 connection must bring a whole
+    //   request head within it, whether it trickles bytes (slowloris) or waits between
+    //   keep-alive requests (counted from the end of the previous response), as HAProxy's
+    //   `timeout http-request` does. (hyper has this timeout
+    //   too, but it arms a timer for every request head, and on a busy worker nearly every one
+    //   of those timers woke the runtime through an eventfd write: some 9,000 syscalls a
+    //   second under wrk.)
+    // - idle_timeout: a connection whose socket moved nothing, with nothing in flight, is asked
+    //   to close, and dropped if it is still silent a period later (a peer that stopped reading
+    //   would otherwise hold its graceful close forever).
+    // A request being handled or a tunnel (HTTP/2 CONNECT) open on the connection keeps it
+    // alive however quiet its socket: tunnels have their own idle timeout.
+    let head_timeout = limits.header_read_timeout;
+    let idle_timeout = limits.idle_timeout;
+    let period = head_timeout.min(idle_timeout) / 2;
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut seen = activity.load(Ordering::Relaxed);
-    let mut quiet = 0u32;
+    let mut seen_io = activity.load(Ordering::Relaxed);
+    let mut seen_started = watched.started();
+    let mut quiet = Duration::ZERO;
+    let mut waiting = Duration::ZERO;
     let mut closing = false;
     loop {
         tokio::select! {
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(client = %peer, error = %e, "connection ended with an error");
@@ -503,21 +521,30 @@ async fn serve_http<I>(
                 closing = true;
             }
             _ = tick.tick() => {
-                let now = activity.load(Ordering::Relaxed);
-                // A request being handled or a tunnel (HTTP/2 CONNECT) open on this
-                // connection keeps it alive however quiet its socket: tunnels have their own
-                // idle timeout.
-                if now != seen || watched.busy() {
-                    seen = now;
-                    quiet = 0;
-                    continue;
+                let io = activity.load(Ordering::Relaxed);
+                let started = watched.started();
+                if watched.busy() {
+                    (quiet, waiting) = (Duration::ZERO, Duration::ZERO);
+                } else {
+                    quiet = if io == seen_io { quiet + period } else { Duration::ZERO };
+                    // A response body still going out (a long download) is not a wait for
+                    // the next request; if its reader stalls, the idle timeout applies.
+                    waiting = if started == seen_started && !watched.responding() {
+                        waiting + period
+                    } else {
+                        Duration::ZERO
+                    };
                 }
-                quiet += 1;
-                if quiet >= 4 {
+                (seen_io, seen_started) = (io, started);
+                if waiting >= head_timeout && !watched.is_h2() {
+                    tracing::debug!(client = %peer, "no request head within header_read_timeout; connection closed");
+                    return;
+                }
+                if quiet >= idle_timeout * 2 {
                     tracing::debug!(client = %peer, "idle connection dropped");
                     return;
                 }
-                if quiet >= 2 && !closing {
+                if quiet >= idle_timeout && !closing {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }

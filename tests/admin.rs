@@ -405,5 +405,8 @@ async fn client_connections_are_shared_evenly_by_the_worker_threads() {
     let load = |w: &str| sample(&text, "rtcgate_worker_connections", &[("worker", w)]);
     let (w0, w1) = (load("0").expect("worker 0"), load("1").expect("worker 1"));
     assert_eq!(w0 + w1, 40.0, "{text}");
-    assert!((w0 - w1).abs() <= 1.0, "worker 0 serves {w0}, worker 1 serves {w1}");
+    assert!(
+        (w0 - w1).abs() <= 1.0,
+        "worker 0 serves {w0}, worker 1 serves {w1}"
+    );
 }

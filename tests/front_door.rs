@@ -360,3 +360,41 @@ async fn a_get_on_a_pooled_connection_the_backend_just_closed_is_replayed() {
     let r = c.fetch(req).await;
     assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
 }
+
+#[tokio::test]
+async fn header_read_timeout_bounds_the_wait_between_requests_but_not_a_long_response() {
+    use http_body_util::BodyExt;
+    let backends = spawn_backends(1).await;
+    let proxy = spawn_proxy(&config_for(&backends, "header_read_timeout = \"300ms\"")).await;
+
+    // A response whose body takes longer than header_read_timeout arrives whole.
+    let mut c = proxy.h1_plain().await;
+    let req = c
+        .request("GET", "/bytes?n=200000&hold=1")
+        .body(empty())
+        .expect("request");
+    let resp = c.send(req).await.expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = within("first chunk", body.frame()).await;
+    let mut got = first.expect("a frame").expect("frame").into_data().map_or(0, |d| d.len());
+    // The backend holds the rest: the connection waits on the response, not on a request.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    backends[0].release();
+    while let Some(frame) = within("next chunk", body.frame()).await {
+        got += frame.expect("frame").into_data().map_or(0, |d| d.len());
+    }
+    assert_eq!(got, 200_000);
+
+    // A keep-alive connection that brings no next request is closed.
+    let mut s = TcpStream::connect(proxy.http).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    // `within` fails the test if the connection is still open after its bound.
+    within("idle keep-alive closed", s.read_to_end(&mut buf))
+        .await
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+}
