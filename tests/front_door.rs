@@ -377,7 +377,11 @@ async fn header_read_timeout_bounds_the_wait_between_requests_but_not_a_long_res
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body();
     let first = within("first chunk", body.frame()).await;
-    let mut got = first.expect("a frame").expect("frame").into_data().map_or(0, |d| d.len());
+    let mut got = first
+        .expect("a frame")
+        .expect("frame")
+        .into_data()
+        .map_or(0, |d| d.len());
     // The backend holds the rest: the connection waits on the response, not on a request.
     tokio::time::sleep(Duration::from_millis(900)).await;
     backends[0].release();
