@@ -1152,6 +1152,14 @@ mod tests {
     }
 
     #[test]
+    fn the_hop_by_hop_index_matches_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index("x-kept"), None);
+    }
+
+    #[test]
     fn forwarded_names_the_host_of_each_request_on_a_connection() {
         let peer: SocketAddr = "192.0.2.7:5000".parse().expect("addr");
         let conn = ConnInfo::new(peer, true, Box::new(()));

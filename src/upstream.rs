@@ -219,6 +219,7 @@ impl Upstream {
         let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let (sender, conn) = http1::Builder::new()
+            // send(2) rather than writev(2), as on the client side (see `HttpBuilders`).
             .writev(false)
             .handshake(TokioIo::new(stream))
             .await
