@@ -80,6 +80,17 @@ pub enum Secure {
     Never,
 }
 
+/// Whether each worker thread is bound to a CPU of its own (`limits.pin_workers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinWorkers {
+    /// When there is one worker per CPU the process may run on.
+    Auto,
+    /// Always, round-robin over those CPUs.
+    Always,
+    Never,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WhenDown {
@@ -125,6 +136,8 @@ pub struct AdminConfig {
 pub struct Limits {
     /// Worker threads serving connections; 0 means one per CPU core.
     pub workers: usize,
+    /// Whether each worker is bound to a CPU of its own.
+    pub pin_workers: PinWorkers,
     /// Client connections served at once; further connections wait in the kernel's backlog.
     pub max_connections: usize,
     /// Time allowed for a TLS handshake.
@@ -294,6 +307,7 @@ struct RawAdmin {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     workers: Option<usize>,
+    pin_workers: Option<PinWorkers>,
     max_connections: Option<usize>,
     tls_handshake_timeout: Option<String>,
     header_read_timeout: Option<String>,
@@ -651,6 +665,7 @@ impl Validator<'_> {
     fn limits(&self, l: RawLimits) -> Result<Limits, ConfigError> {
         let limits = Limits {
             workers: l.workers.unwrap_or(0),
+            pin_workers: l.pin_workers.unwrap_or(PinWorkers::Auto),
             max_connections: l.max_connections.unwrap_or(10_000),
             tls_handshake_timeout: self.opt_duration(
                 "limits.tls_handshake_timeout",

@@ -354,6 +354,7 @@ impl Proxy {
         let mut config = config;
         config.listen = current.config.listen.clone();
         config.limits.workers = current.config.limits.workers;
+        config.limits.pin_workers = current.config.limits.pin_workers;
         let max_connections = config.limits.max_connections;
         let snap = Arc::new(Snapshot::assemble(config, tls, &self.shared.registry));
         self.shared.snapshot.store(snap.clone());
@@ -771,6 +772,9 @@ fn needs_restart(old: &Config, new: &Config) {
     }
     if old.limits.workers != new.limits.workers {
         tracing::warn!(key = "limits.workers", "the worker count changed: restart rtcgate to apply it; the rest of the configuration was applied");
+    }
+    if old.limits.pin_workers != new.limits.pin_workers {
+        tracing::warn!(key = "limits.pin_workers", "the worker pinning changed: restart rtcgate to apply it; the rest of the configuration was applied");
     }
 }
 

@@ -5,7 +5,7 @@ mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -28,15 +28,9 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid} failed");
 }
 
-#[tokio::test]
-async fn the_binary_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
-    let backend = spawn_backend("b1").await;
-    let certs = make_certs();
-    let path = certs.dir.path().join("proxy.toml");
-    let toml = config_toml(&[("b1", backend.addr)], "shutdown_grace = \"2s\"", "").replace(
-        "http = \"127.0.0.1:0\"",
-        "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
-    );
+/// The binary, started on `toml` with info logging; its stderr lines arrive on the receiver.
+fn start(toml: &str, dir: &std::path::Path) -> (Child, mpsc::Receiver<String>) {
+    let path = dir.join("proxy.toml");
     std::fs::write(&path, toml).expect("write config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rtcgate"))
         .arg("--config")
@@ -46,7 +40,6 @@ async fn the_binary_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
         .stdout(Stdio::null())
         .spawn()
         .expect("start rtcgate");
-    let pid = child.id();
     let (tx, rx) = mpsc::channel::<String>();
     let stderr = child.stderr.take().expect("stderr");
     std::thread::spawn(move || {
@@ -56,6 +49,19 @@ async fn the_binary_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
             }
         }
     });
+    (child, rx)
+}
+
+#[tokio::test]
+async fn the_binary_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
+    let backend = spawn_backend("b1").await;
+    let certs = make_certs();
+    let toml = config_toml(&[("b1", backend.addr)], "shutdown_grace = \"2s\"", "").replace(
+        "http = \"127.0.0.1:0\"",
+        "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
+    );
+    let (mut child, rx) = start(&toml, certs.dir.path());
+    let pid = child.id();
 
     // Its log says where it listens (the config asks for port 0).
     let (mut http, mut admin) = (None, None);
@@ -113,4 +119,72 @@ async fn the_binary_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
     .await
     .expect("join");
     assert!(status.success(), "exit status {status}");
+}
+
+/// The CPUs in a `Cpus_allowed_list` line of /proc/…/status (`0-3,6`).
+fn allowed_cpus(status: &str) -> Vec<usize> {
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.parse().expect("cpu"), b.parse().expect("cpu"));
+        cpus.extend(a..=b);
+    }
+    cpus
+}
+
+/// Each worker thread of process `pid` by number, with the CPUs it may run on.
+fn worker_cpus(pid: u32) -> Vec<(usize, Vec<usize>)> {
+    let mut workers = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return workers;
+    };
+    for task in tasks.map_while(Result::ok) {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        if let Some(n) = read("comm").trim().strip_prefix("rtcgate-w") {
+            if let Ok(n) = n.parse() {
+                workers.push((n, allowed_cpus(&read("status"))));
+            }
+        }
+    }
+    workers.sort();
+    workers
+}
+
+#[tokio::test]
+async fn workers_are_bound_one_per_cpu_when_asked_and_left_free_when_not() {
+    let backend = spawn_backend("b1").await;
+    let certs = make_certs();
+    let process = allowed_cpus(&std::fs::read_to_string("/proc/self/status").expect("status"));
+    for pin in ["always", "never"] {
+        let limits = format!("workers = 2\npin_workers = \"{pin}\"");
+        let (mut child, rx) = start(
+            &config_toml(&[("b1", backend.addr)], &limits, ""),
+            certs.dir.path(),
+        );
+        let deadline = Instant::now() + STEP;
+        while !rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("rtcgate logged its listener")
+            .contains("listening")
+        {}
+        // Worker 0 on the first CPU the process may use, worker 1 on the next (round-robin on
+        // a one-CPU machine); unbound, both keep the whole set.
+        let want = match pin {
+            "always" => vec![(0, vec![process[0]]), (1, vec![process[1 % process.len()]])],
+            _ => vec![(0, process.clone()), (1, process.clone())],
+        };
+        let mut seen = worker_cpus(child.id());
+        while seen != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            seen = worker_cpus(child.id());
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(seen, want, "pin_workers = {pin}: (worker, CPUs)");
+    }
 }

@@ -55,6 +55,11 @@ fn each_bad_value_names_its_key_and_file() {
             "[limits]\nconnect_timeout = \"5 parsecs\"\n",
             "limits.connect_timeout",
         ),
+        (
+            "[limits]\n",
+            "[limits]\npin_workers = \"sometimes\"\n",
+            "pin_workers",
+        ),
         ("cert = \"cert.pem\"", "cert = \"missing.pem\"", "tls.cert"),
         ("key = \"key.pem\"", "key = \"nokey.pem\"", "tls.key"),
         (
