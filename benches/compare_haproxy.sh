@@ -6,6 +6,10 @@
 #     (a) one nginx backend directly (reference: the ceiling wrk + nginx reach here),
 #     (b) rtcgate (release build, plain HTTP listener, 3 backends, sticky cookie),
 #     (c) HAProxy 2.6 (nbthread 2, leastconn, `cookie SRV insert`, http-reuse always),
+#     (d) the same HAProxy also setting the forwarding headers rtcgate always sends
+#         (X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, Forwarded): like for like,
+#         since nginx parses them too and shares the CPUs. (c) stays the reference that
+#         issue 2 names; (d) is reported beside it, not instead of it,
 #   all with `wrk -t1 -c64 --latency` on 127.0.0.1. wrk sends no cookie, so every request
 #   is a "new client": both proxies pick a backend and insert a sticky cookie each time.
 #   Three nginx `server` blocks in ONE nginx worker process act as the three backends.
@@ -27,8 +31,9 @@
 #   compete for the same CPUs, so absolute figures move from run to run. Both proxies face
 #   the same handicap in the same run, which is why the result is reported as ratios
 #   (rtcgate/haproxy, rtcgate/direct) measured back to back, with alternating order.
-#   The last line is machine-readable:
+#   The last lines are machine-readable:
 #   RESULT rtcgate_rps=... haproxy_rps=... ratio_rps=... rtcgate_p99_ms=... haproxy_p99_ms=... ratio_p99=...
+#   (RESULT2 adds direct, RESULT3 the like-for-like HAProxy (d).)
 #
 # Everything binds to 127.0.0.1 on free ports chosen at run time; every process started
 # here is killed and the temp dir removed on exit (also on error or Ctrl-C).
@@ -71,7 +76,7 @@ BIN="$REPO/target/release/rtcgate"
 bench_tmp rtcgate-bench
 
 # ---------------------------------------------------------------- 3. free ports
-read -r P1 P2 P3 RTC_HTTP RTC_HTTPS HAP_PORT < <(free_ports 6)
+read -r P1 P2 P3 RTC_HTTP RTC_HTTPS HAP_PORT HAPF_PORT < <(free_ports 7)
 log "ports: backends $P1 $P2 $P3, rtcgate $RTC_HTTP/$RTC_HTTPS, haproxy $HAP_PORT"
 
 # wait_ready URL [curl opts...]: polls for a 200 carrying a backend body, ~10 s max.
@@ -176,12 +181,17 @@ if [[ "$fd_limit" != unlimited ]] && ((fd_limit < 2 * HAP_MAXCONN + 100)); then
     HAP_MAXCONN=$(((fd_limit - 100) / 2))
     log "fd limit $fd_limit: haproxy maxconn lowered to $HAP_MAXCONN"
 fi
-bind_line="bind 127.0.0.1:$HAP_PORT"
+proto=http
+((TLS)) && proto=https
 if ((TLS)); then
     cat "$REPO/certs/localhost.crt" "$REPO/certs/localhost.key" >"$TMP/haproxy.pem"
-    bind_line+=" ssl crt $TMP/haproxy.pem"
 fi
-cat >"$TMP/haproxy.cfg" <<EOF
+# haproxy_cfg PORT [EXTRA]: the HAProxy configuration listening on PORT; EXTRA lines go into
+# the backend section.
+haproxy_cfg() {
+    local bind="bind 127.0.0.1:$1"
+    ((TLS)) && bind+=" ssl crt $TMP/haproxy.pem"
+    cat <<EOF
 global
     nbthread 2
     maxconn $HAP_MAXCONN
@@ -195,32 +205,48 @@ defaults
     timeout server 60s
 
 frontend fe
-    $bind_line
+    $bind
     default_backend media
 
 backend media
     balance leastconn
     cookie SRV insert indirect nocache
+${2:-}
     server b1 127.0.0.1:$P1 cookie b1
     server b2 127.0.0.1:$P2 cookie b2
     server b3 127.0.0.1:$P3 cookie b3
 EOF
-haproxy -f "$TMP/haproxy.cfg" -db >"$TMP/haproxy.log" 2>&1 &
-HAP_PID=$!
-PIDS+=("$HAP_PID")
-if ((TLS)); then
-    HAP_URL="https://127.0.0.1:$HAP_PORT/"
-    wait_ready "$HAP_URL" "$HAP_PID" haproxy -k
-else
-    HAP_URL="http://127.0.0.1:$HAP_PORT/"
-    wait_ready "$HAP_URL" "$HAP_PID" haproxy
-fi
-log "haproxy ready (pid $HAP_PID)"
+}
+# (d) adds what rtcgate adds to every request; 2.6 has no `option forwarded`, so Forwarded is
+# composed by hand.
+fwd_lines="    option forwardfor
+    http-request set-header X-Forwarded-Proto $proto
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request add-header Forwarded \"for=%[src];proto=$proto;host=\\\"%[req.hdr(host)]\\\"\""
+haproxy_cfg "$HAP_PORT" >"$TMP/haproxy.cfg"
+haproxy_cfg "$HAPF_PORT" "$fwd_lines" >"$TMP/haproxy_fwd.cfg"
+
+# start_haproxy NAME PORT: starts HAProxy on $TMP/NAME.cfg and waits until it serves.
+start_haproxy() {
+    local name=$1 port=$2 pid url
+    haproxy -f "$TMP/$name.cfg" -db >"$TMP/$name.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    url="$proto://127.0.0.1:$port/"
+    if ((TLS)); then wait_ready "$url" "$pid" "$name" -k; else wait_ready "$url" "$pid" "$name"; fi
+    log "$name ready (pid $pid)"
+    STARTED_PID=$pid
+    STARTED_URL=$url
+}
+start_haproxy haproxy "$HAP_PORT"
+HAP_PID=$STARTED_PID HAP_URL=$STARTED_URL
+start_haproxy haproxy_fwd "$HAPF_PORT"
+HAPF_PID=$STARTED_PID HAPF_URL=$STARTED_URL
 
 # ---------------------------------------------------------------- 7. measure
 DIRECT_URL="http://127.0.0.1:$P1/"
-declare -A URL=([direct]="$DIRECT_URL" [rtcgate]="$RTC_URL" [haproxy]="$HAP_URL")
-declare -A PROC=([direct]="" [rtcgate]="$RTC_PID" [haproxy]="$HAP_PID")
+declare -A URL=([direct]="$DIRECT_URL" [rtcgate]="$RTC_URL" [haproxy]="$HAP_URL" [haproxy_fwd]="$HAPF_URL")
+declare -A PROC=([direct]="" [rtcgate]="$RTC_PID" [haproxy]="$HAP_PID" [haproxy_fwd]="$HAPF_PID")
 declare -A WARMED=()
 
 # CPU time (user+sys, clock ticks, all threads) of a process.
@@ -243,8 +269,8 @@ run_wrk() { # target round
 log "measuring: ${ROUNDS} rounds x ${DURATION}s per target, wrk -t1 -c$CONNS$( ((TLS)) && echo ', proxies over TLS')"
 for r in $(seq "$ROUNDS"); do
     run_wrk direct "$r"
-    if ((r % 2)); then run_wrk rtcgate "$r"; run_wrk haproxy "$r"
-    else run_wrk haproxy "$r"; run_wrk rtcgate "$r"; fi
+    if ((r % 2)); then run_wrk rtcgate "$r"; run_wrk haproxy "$r"; run_wrk haproxy_fwd "$r"
+    else run_wrk haproxy_fwd "$r"; run_wrk haproxy "$r"; run_wrk rtcgate "$r"; fi
 done
 
 # ---------------------------------------------------------------- 8. report
@@ -276,7 +302,7 @@ def parse(path):
     return rps, p99, reqs, non2xx, sock, cpu
 
 res = {}
-for t in ("direct", "rtcgate", "haproxy"):
+for t in ("direct", "rtcgate", "haproxy", "haproxy_fwd"):
     rows = [parse(f"{tmp}/wrk.{t}.{r}.txt") for r in range(1, rounds + 1)]
     reqs = sum(x[2] for x in rows)
     cpu_ticks = sum(x[5] for x in rows)
@@ -290,19 +316,25 @@ for t in ("direct", "rtcgate", "haproxy"):
     )
 
 print()
-print(f"{'target':<9} {'req/s (median)':>15} {'p99 ms (median)':>16} {'non-2xx':>8} {'sock err':>9} {'proxy CPU us/req':>17}   per-round req/s")
+print(f"{'target':<11} {'req/s (median)':>15} {'p99 ms (median)':>16} {'non-2xx':>8} {'sock err':>9} {'proxy CPU us/req':>17}   per-round req/s")
 for t, v in res.items():
     cpu = f"{v['cpu_us']:.1f}" if v["cpu_us"] is not None else "-"
     per = " ".join(f"{x:.0f}" for x in v["all_rps"])
-    print(f"{t:<9} {v['rps']:>15.0f} {v['p99']:>16.2f} {v['non2xx']:>8} {v['sock']:>9} {cpu:>17}   {per}")
+    print(f"{t:<11} {v['rps']:>15.0f} {v['p99']:>16.2f} {v['non2xx']:>8} {v['sock']:>9} {cpu:>17}   {per}")
 r, h, d = res["rtcgate"], res["haproxy"], res["direct"]
 ratio_rps, ratio_p99 = r["rps"] / h["rps"], r["p99"] / h["p99"]
 print()
 print(f"rtcgate/haproxy: throughput x{ratio_rps:.3f}, p99 x{ratio_p99:.3f}")
+print(f"rtcgate/haproxy_fwd (same forwarding headers): throughput x{r['rps'] / res['haproxy_fwd']['rps']:.3f}, "
+      f"p99 x{r['p99'] / res['haproxy_fwd']['p99']:.3f}")
 print(f"rtcgate/direct:  throughput x{r['rps'] / d['rps']:.3f}; haproxy/direct: throughput x{h['rps'] / d['rps']:.3f}")
 print(f"RESULT rtcgate_rps={r['rps']:.0f} haproxy_rps={h['rps']:.0f} ratio_rps={ratio_rps:.3f} "
       f"rtcgate_p99_ms={r['p99']:.2f} haproxy_p99_ms={h['p99']:.2f} ratio_p99={ratio_p99:.3f}")
 print(f"RESULT2 direct_rps={d['rps']:.0f} direct_p99_ms={d['p99']:.2f} rtcgate_vs_direct={r['rps'] / d['rps']:.3f} "
       f"haproxy_vs_direct={h['rps'] / d['rps']:.3f} errors_rtcgate={r['non2xx'] + r['sock']} "
       f"errors_haproxy={h['non2xx'] + h['sock']} errors_direct={d['non2xx'] + d['sock']}")
+f = res["haproxy_fwd"]
+print(f"RESULT3 haproxy_fwd_rps={f['rps']:.0f} haproxy_fwd_p99_ms={f['p99']:.2f} "
+      f"ratio_rps_vs_fwd={r['rps'] / f['rps']:.3f} ratio_p99_vs_fwd={r['p99'] / f['p99']:.3f} "
+      f"errors_haproxy_fwd={f['non2xx'] + f['sock']}")
 PY
