@@ -21,6 +21,7 @@
 #   HOLD=5 CONCURRENCY=100 bash benches/ws_tunnels.sh 9000
 #   haproxy is installed with apt-get if missing. WS_TUNNELS_BIN=/path/to/built/ws_tunnels skips
 #   building the bench binary (e.g. before Cargo.toml has its [[bench]] stanza).
+#   RTCGATE_BIN=/path/to/rtcgate measures that binary instead (an older build, to bisect).
 #
 # Read the RATIOS from one run, not absolute numbers
 #   The machine is shared and noisy (2 cores): the load tool, the proxy and the backends all
@@ -69,7 +70,7 @@ fi
 # ---------------------------------------------------------------- 3. build
 log "cargo build --release"
 cargo build --release
-BIN="$REPO/target/release/rtcgate"
+BIN="${RTCGATE_BIN:-$REPO/target/release/rtcgate}"
 [[ -x "$BIN" ]] || { echo "no binary at $BIN" >&2; exit 1; }
 TOOL="${WS_TUNNELS_BIN:-}"
 if [[ -z "$TOOL" ]]; then

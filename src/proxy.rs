@@ -1009,9 +1009,16 @@ fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) 
         conn.xff_item.clone()
     };
     headers.insert(&X_FORWARDED_FOR, xff);
-    let (cached_host, element) = conn
-        .forwarded
-        .get_or_init(|| (host.clone(), forwarded_element(conn, host)));
+    // The cache holds a copy of the host: `host` is a view into the connection's read buffer,
+    // and keeping it would keep that whole buffer (8 KiB or more) for the connection's life,
+    // tunnels included.
+    let (cached_host, element) = conn.forwarded.get_or_init(|| {
+        let copy = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes()));
+        (
+            copy.unwrap_or_else(|_| host.clone()),
+            forwarded_element(conn, host),
+        )
+    });
     let fresh;
     let element = if cached_host == host {
         element
@@ -1179,6 +1186,25 @@ mod tests {
             assert_eq!(h[&X_FORWARDED_HOST], host);
             assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
         }
+    }
+
+    #[test]
+    fn a_connection_keeps_no_view_into_a_request_buffer() {
+        // hyper's header values are slices of the connection's read buffer; a tunnel lives as
+        // long as its ConnInfo, and one such slice kept there held 13 KiB per idle tunnel.
+        let buffer = Bytes::from(vec![b'h'; 8192]);
+        let host = HeaderValue::from_maybe_shared(buffer.slice(100..111)).expect("host");
+        let conn = ConnInfo::new("192.0.2.7:5000".parse().expect("addr"), false, Box::new(()));
+        add_forwarding(&mut HeaderMap::new(), &conn, &host);
+        let within = buffer.as_ptr_range();
+        let (cached_host, element) = conn.forwarded.get().expect("cached");
+        for kept in [cached_host, element] {
+            assert!(
+                !within.contains(&kept.as_bytes().as_ptr()),
+                "{kept:?} is a view into the request's buffer"
+            );
+        }
+        assert_eq!(cached_host, &host);
     }
 
     #[test]
