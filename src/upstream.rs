@@ -150,8 +150,12 @@ impl Upstream {
                             req = unsent;
                             continue;
                         }
+                        // No response head came back (it would have been returned), so the
+                        // backend closed the connection under the request: with an EOF, or with
+                        // a reset when the close met the request's bytes unread. Either way a
+                        // copy may go again; a malformed answer may not.
                         match replay {
-                            Some(copy) if e.is_incomplete_message() || e.is_canceled() => {
+                            Some(copy) if !e.is_parse() => {
                                 req = copy;
                                 continue;
                             }
