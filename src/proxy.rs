@@ -485,7 +485,7 @@ impl Proxy {
         let (resp, placed_on) = match result {
             Ok(placed) => {
                 let on = (placed.backend.clone(), placed.pool_metrics.clone());
-                (self.forward(req, conn, placed).await, Some(on))
+                (self.forward(req, conn, placed, started).await, Some(on))
             }
             Err(e) => (Err(e), None),
         };
@@ -556,11 +556,12 @@ impl Proxy {
                 .set_cookie(&pool.config.name, &backend.id, now, tls),
         });
         let room = room.map(Cow::into_owned);
-        let websocket = tunnel::websocket_kind(req).is_some();
+        let websocket = tunnel::websocket_kind(req);
         snap.sticky.strip(req.headers_mut());
         Ok(Placed {
             inflight: backend.start_request(),
-            session: websocket.then(|| backend.open_session()),
+            session: websocket.map(|_| backend.open_session()),
+            websocket,
             backend: backend.clone(),
             set_cookie,
             room,
@@ -574,23 +575,25 @@ impl Proxy {
         })
     }
 
+    /// `started` is when the request arrived; it stands for "now" until the response comes.
     async fn forward(
         &self,
         req: Request<Incoming>,
         conn: &Arc<ConnInfo>,
         placed: Placed,
+        started: Instant,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (mut req, mut placed) = (req, placed);
-        let kind = tunnel::websocket_kind(&req);
+        let kind = placed.websocket;
         let client_upgrade = kind.map(|_| hyper::upgrade::on(&mut req));
         let (mut upstream, accept) = upstream_request(req, conn, kind)?;
-        let deadline = tokio::time::Instant::now() + placed.response_timeout;
+        let deadline = tokio::time::Instant::from_std(started) + placed.response_timeout;
         let mut retried = false;
         let (mut resp, lease) = loop {
             let backend = placed.backend.clone();
-            let sending = self
-                .upstream
-                .send(backend.addr, upstream, placed.upstream_limits);
+            let sending =
+                self.upstream
+                    .send(backend.addr, upstream, placed.upstream_limits, started);
             let sent = tokio::time::timeout_at(deadline, sending);
             let (e, unsent) = match sent.await {
                 Ok(Ok(sent)) => break sent,
@@ -782,6 +785,8 @@ fn needs_restart(old: &Config, new: &Config) {
 struct Placed {
     backend: Arc<Backend>,
     inflight: InFlight,
+    /// How the request asks for a WebSocket, if it does.
+    websocket: Option<tunnel::Kind>,
     /// For a WebSocket, a session reserved at placement so that concurrent upgrades cannot
     /// overshoot `max_sessions`; it becomes the tunnel's, or is released with the request.
     session: Option<Session>,
@@ -919,6 +924,19 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// The names of [`HOP_BY_HOP`] as bytes, to compare tokens of `Connection` with.
+const HOP_BY_HOP_NAMES: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
 /// `name`'s place in [`HOP_BY_HOP`], for a name in lowercase.
 fn hop_by_hop_index(name: &str) -> Option<usize> {
     Some(match name {
@@ -957,9 +975,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
                 let token = token.trim_ascii();
                 if token.is_empty()
                     || token.eq_ignore_ascii_case(b"close")
-                    || HOP_BY_HOP
+                    || HOP_BY_HOP_NAMES
                         .iter()
-                        .any(|h| token.eq_ignore_ascii_case(h.as_str().as_bytes()))
+                        .any(|h| token.eq_ignore_ascii_case(h))
                 {
                     continue;
                 }
@@ -1166,6 +1184,7 @@ mod tests {
     fn the_hop_by_hop_index_matches_the_list() {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+            assert_eq!(HOP_BY_HOP_NAMES[i], name.as_str().as_bytes(), "{name}");
         }
         assert_eq!(hop_by_hop_index("x-kept"), None);
     }

@@ -110,6 +110,7 @@ impl Upstream {
         addr: SocketAddr,
         req: Request<UpstreamBody>,
         limits: UpstreamLimits,
+        now: Instant,
     ) -> Result<(Response<Incoming>, Lease), (UpstreamError, Option<Request<UpstreamBody>>)> {
         let mut req = req;
         let mut fresh_only = false;
@@ -117,7 +118,7 @@ impl Upstream {
             let taken = if fresh_only {
                 None
             } else {
-                self.take(addr, limits.idle_timeout)
+                self.take(addr, limits.idle_timeout, now)
             };
             let (mut sender, reused) = match taken {
                 Some(s) => (s, true),
@@ -173,12 +174,18 @@ impl Upstream {
         }
     }
 
-    /// A ready idle connection to `addr`, most recently used first.
-    fn take(&self, addr: SocketAddr, idle_timeout: Duration) -> Option<SendRequest<UpstreamBody>> {
+    /// A ready idle connection to `addr`, most recently used first, idle for less than
+    /// `idle_timeout` at `now`.
+    fn take(
+        &self,
+        addr: SocketAddr,
+        idle_timeout: Duration,
+        now: Instant,
+    ) -> Option<SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(&addr)?;
         while let Some(i) = list.pop_back() {
-            if i.sender.is_ready() && i.since.elapsed() < idle_timeout {
+            if i.sender.is_ready() && now.saturating_duration_since(i.since) < idle_timeout {
                 return Some(i.sender);
             }
             // Closed, busy or stale: dropping the sender lets its connection close.
