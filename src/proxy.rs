@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
@@ -531,6 +531,8 @@ impl Proxy {
         let pin = snap
             .sticky
             .pin(req.headers(), &pool.config.name, now, cached);
+        // Without a cookie of ours there is nothing to strip (one header lookup fewer).
+        let has_ours = pin != sticky::Pin::None;
         let room = room_of(req, pool.config.room_param.as_deref());
         let live_on = room
             .as_deref()
@@ -557,7 +559,9 @@ impl Proxy {
         });
         let room = room.map(Cow::into_owned);
         let websocket = tunnel::websocket_kind(req);
-        snap.sticky.strip(req.headers_mut());
+        if has_ours {
+            snap.sticky.strip(req.headers_mut());
+        }
         Ok(Placed {
             inflight: backend.start_request(),
             session: websocket.map(|_| backend.open_session()),
@@ -1021,12 +1025,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`.
 fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
-    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
-        join_list(headers, &X_FORWARDED_FOR, conn.xff_item.as_bytes())
-    } else {
-        conn.xff_item.clone()
-    };
-    headers.insert(&X_FORWARDED_FOR, xff);
+    // One lookup per list header: `entry` instead of `contains_key` and then `insert`.
+    append_to_list(headers, &X_FORWARDED_FOR, &conn.xff_item);
     // The cache holds a copy of the host: `host` is a view into the connection's read buffer,
     // and keeping it would keep that whole buffer (8 KiB or more) for the connection's life,
     // tunnels included.
@@ -1044,12 +1044,7 @@ fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) 
         fresh = forwarded_element(conn, host);
         &fresh
     };
-    let fwd = if headers.contains_key(header::FORWARDED) {
-        join_list(headers, &header::FORWARDED, element.as_bytes())
-    } else {
-        element.clone()
-    };
-    headers.insert(header::FORWARDED, fwd);
+    append_to_list(headers, &header::FORWARDED, element);
     let proto = if conn.tls { "https" } else { "http" };
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     headers.insert(&X_FORWARDED_HOST, host.clone());
@@ -1070,18 +1065,26 @@ fn forwarded_element(conn: &ConnInfo, host: &HeaderValue) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// The values of `name` joined as one comma-separated list, with `item` appended.
-fn join_list(headers: &HeaderMap, name: &HeaderName, item: &[u8]) -> HeaderValue {
-    let mut out = Vec::with_capacity(item.len());
-    for v in headers.get_all(name) {
-        out.extend_from_slice(v.as_bytes());
-        out.extend_from_slice(b", ");
+/// Sets `name` to its values joined as one comma-separated list with `item` appended, or to
+/// `item` alone.
+fn append_to_list(headers: &mut HeaderMap, name: &'static HeaderName, item: &HeaderValue) {
+    match headers.entry(name) {
+        Entry::Vacant(e) => {
+            e.insert(item.clone());
+        }
+        Entry::Occupied(mut e) => {
+            let mut out = Vec::with_capacity(item.len());
+            for v in e.iter() {
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(item.as_bytes());
+            // An earlier hop may have sent bytes a header cannot hold; the list then starts
+            // afresh.
+            let joined = HeaderValue::from_maybe_shared(Bytes::from(out));
+            e.insert(joined.unwrap_or_else(|_| item.clone()));
+        }
     }
-    out.extend_from_slice(item);
-    HeaderValue::from_maybe_shared(Bytes::from(out)).unwrap_or_else(|_| {
-        // An earlier hop sent bytes a header cannot hold; start the list afresh.
-        HeaderValue::from_bytes(item).unwrap_or(HeaderValue::from_static(""))
-    })
 }
 
 /// Maps a failure to reach or hear from a backend to what the client should see.
