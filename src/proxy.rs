@@ -928,7 +928,7 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-/// The names of [`HOP_BY_HOP`] as bytes, to compare tokens of `Connection` with.
+/// The names of [`HOP_BY_HOP`] as bytes, in its order.
 const HOP_BY_HOP_NAMES: [&[u8]; 9] = [
     b"connection",
     b"keep-alive",
@@ -943,18 +943,7 @@ const HOP_BY_HOP_NAMES: [&[u8]; 9] = [
 
 /// `name`'s place in [`HOP_BY_HOP`], for a name in lowercase.
 fn hop_by_hop_index(name: &str) -> Option<usize> {
-    Some(match name {
-        "connection" => 0,
-        "keep-alive" => 1,
-        "proxy-connection" => 2,
-        "proxy-authenticate" => 3,
-        "proxy-authorization" => 4,
-        "te" => 5,
-        "trailer" => 6,
-        "transfer-encoding" => 7,
-        "upgrade" => 8,
-        _ => return None,
-    })
+    HOP_BY_HOP_NAMES.iter().position(|h| *h == name.as_bytes())
 }
 
 /// Removes hop-by-hop headers: the static list and every name listed in `Connection`.
