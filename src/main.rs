@@ -10,11 +10,13 @@ use rtcgate::demo::DemoBackend;
 use rtcgate::proxy::Proxy;
 use rtcgate::server::{self, Listeners};
 
+mod alloc;
+
 /// hyper takes a fresh 8 KiB read buffer for nearly every message on a keep-alive connection,
 /// which glibc serves from its slow bins; mimalloc keeps such blocks in thread-local pages, and
 /// holds less per idle tunnel too (README, Benchmarks).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(version, about = "A sticky reverse proxy for pools of WebRTC servers")]
