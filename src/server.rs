@@ -10,12 +10,13 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures_util::task::AtomicWaker;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -546,26 +547,49 @@ async fn serve_http<I>(
     let mut quiet = Duration::ZERO;
     let mut waiting = Duration::ZERO;
     let mut closing = false;
+    let shutdown = ctx.shutdown.cancelled();
+    tokio::pin!(shutdown);
+    // The timer and the shutdown signal are polled only after one of them woke the task, not
+    // at every wake-up of the connection (see `Gate`).
+    let gate = Gate::new();
     loop {
-        tokio::select! {
-            biased;
-            r = conn.as_mut() => {
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(Watch::Ended(r));
+            }
+            if let Some(mut watchers) = gate.poll_open(cx) {
+                if !closing && shutdown.as_mut().poll(&mut watchers).is_ready() {
+                    return Poll::Ready(Watch::Shutdown);
+                }
+                if tick.poll_tick(&mut watchers).is_ready() {
+                    return Poll::Ready(Watch::Tick);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Watch::Ended(r) => {
                 if let Err(e) = r {
                     tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            _ = ctx.shutdown.cancelled(), if !closing => {
+            Watch::Shutdown => {
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }
-            _ = tick.tick() => {
+            Watch::Tick => {
                 let io = activity.load(Ordering::Relaxed);
                 let started = watched.started();
                 if watched.busy() {
                     (quiet, waiting) = (Duration::ZERO, Duration::ZERO);
                 } else {
-                    quiet = if io == seen_io { quiet + period } else { Duration::ZERO };
+                    quiet = if io == seen_io {
+                        quiet + period
+                    } else {
+                        Duration::ZERO
+                    };
                     // A response body still going out (a long download) is not a wait for
                     // the next request; if its reader stalls, the idle timeout applies.
                     waiting = if started == seen_started && !watched.responding() {
@@ -589,6 +613,79 @@ async fn serve_http<I>(
                 }
             }
         }
+        // The watcher that fired is polled again at the next turn, which re-arms it.
+        gate.open();
+    }
+}
+
+/// What ended a wait of `serve_http`'s loop.
+enum Watch<E> {
+    /// The connection is done.
+    Ended(Result<(), E>),
+    /// Shutdown began.
+    Shutdown,
+    /// The watchdog's period passed.
+    Tick,
+}
+
+/// Lets a task poll some futures (a connection's watchdog timer and the shutdown signal) only
+/// after one of them woke it.
+///
+/// `select!` polls every branch at every wake-up of its task, and a busy connection's task
+/// wakes two or three times per request: polling the timer and the shutdown signal each time
+/// cost about 570 instructions per proxied request (of ~30k), nearly all of it re-registering
+/// wakers with futures that had not fired. Behind the gate they are polled with a waker of
+/// its own, which notes that one of them fired and then wakes the task.
+struct Gate {
+    flag: Arc<GateFlag>,
+    waker: Waker,
+}
+
+struct GateFlag {
+    /// Whether a future behind the gate woke since they were last polled.
+    woken: AtomicBool,
+    /// The task to wake then.
+    task: AtomicWaker,
+}
+
+impl Wake for GateFlag {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+impl Gate {
+    /// A gate open for the first poll, which registers the futures behind it.
+    fn new() -> Gate {
+        let flag = Arc::new(GateFlag {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
+        Gate {
+            waker: Waker::from(flag.clone()),
+            flag,
+        }
+    }
+
+    /// Registers `cx`'s task to be woken through the gate. When a future behind it woke since
+    /// they were last polled (or `open` was called), returns the context to poll them with.
+    fn poll_open(&self, cx: &Context<'_>) -> Option<Context<'_>> {
+        self.flag.task.register(cx.waker());
+        self.flag
+            .woken
+            .swap(false, Ordering::AcqRel)
+            .then(|| Context::from_waker(&self.waker))
+    }
+
+    /// Has the futures behind the gate polled at the next `poll_open`: after one of them
+    /// completed, so that it is polled again (an interval re-arms only when polled).
+    fn open(&self) {
+        self.flag.woken.store(true, Ordering::Release);
     }
 }
 
