@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::header::{HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -127,10 +129,9 @@ impl Upstream {
                     Err(e) => return Err((e, Some(req))),
                 },
             };
-            // The copy is some 5 % of a request's instructions, but a backend that
-            // dies, restarts or times an idle connection out can close it under a request
-            // already written, and a GET then deserves another try, not a 502.
-            let replay = if reused { replayable(&req) } else { None };
+            // A backend that dies, restarts or times an idle connection out can close it
+            // under a request already written, and a GET then deserves another try, not a 502.
+            let replay = if reused { Replay::of(&req) } else { None };
             match sender.try_send_request(req).await {
                 Ok(resp) => {
                     let lease = Lease {
@@ -155,13 +156,11 @@ impl Upstream {
                         // backend closed the connection under the request: with an EOF, or with
                         // a reset when the close met the request's bytes unread. Either way a
                         // copy may go again; a malformed answer may not.
-                        match replay {
-                            Some(copy) if !e.is_parse() => {
-                                req = copy;
-                                continue;
-                            }
-                            _ => return Err((UpstreamError::Http(e), None)),
+                        if let Some(replay) = replay.filter(|_| !e.is_parse()) {
+                            req = replay.into_request();
+                            continue;
                         }
+                        return Err((UpstreamError::Http(e), None));
                     }
                     // A fresh connection closed before it took the request: the request never
                     // left, so the caller may try another backend.
@@ -244,19 +243,111 @@ impl Upstream {
     }
 }
 
-/// A copy of `req` to send again if a reused connection dies under it: only for requests safe to
-/// repeat (GET, HEAD, OPTIONS) that carry no body.
-fn replayable(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
-    use http::Method;
-    use hyper::body::Body as _;
-    let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if !idempotent || !req.body().is_end_stream() {
-        return None;
+/// A bodyless GET, HEAD or OPTIONS kept aside, to be sent again if a reused connection dies
+/// under it.
+///
+/// A copy of the request itself (its URI and `HeaderMap`, whose clone rebuilds the map's index)
+/// cost ~1,100 instructions per proxied request, 4 % of all. A list of the headers costs one
+/// allocation and a reference count per value, and the request is built from it again only
+/// when it is needed, which is rare.
+struct Replay {
+    method: Method,
+    target: PathAndQuery,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Replay {
+    /// What it takes to send `req` again, for requests that are safe to repeat.
+    fn of(req: &Request<UpstreamBody>) -> Option<Replay> {
+        use hyper::body::Body as _;
+        let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+        if !idempotent || !req.body().is_end_stream() {
+            return None;
+        }
+        let mut headers = Vec::with_capacity(req.headers().len());
+        headers.extend(req.headers().iter().map(|(n, v)| (n.clone(), v.clone())));
+        Some(Replay {
+            method: req.method().clone(),
+            target: req
+                .uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            headers,
+        })
     }
-    let mut copy = Request::new(http_body_util::Either::Right(http_body_util::Empty::new()));
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Some(copy)
+
+    /// The request again, as HTTP/1.1 and without extensions.
+    fn into_request(self) -> Request<UpstreamBody> {
+        let mut req = Request::new(http_body_util::Either::Right(http_body_util::Empty::new()));
+        *req.method_mut() = self.method;
+        *req.uri_mut() = Uri::from(self.target);
+        let headers = req.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
+        req
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Either, Empty};
+
+    fn get(headers: &[(&str, &str)]) -> Request<UpstreamBody> {
+        let mut req = Request::new(Either::Right(Empty::new()));
+        *req.uri_mut() = Uri::from_static("/room/a?x=1&y=%20");
+        for (name, value) in headers {
+            req.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                HeaderValue::from_str(value).expect("value"),
+            );
+        }
+        req
+    }
+
+    /// A replayed request carries what the first one did: method, target and every header
+    /// value, repeated names and their order included.
+    #[tokio::test]
+    async fn a_replay_is_the_request_again() {
+        let req = get(&[
+            ("host", "media.example:8443"),
+            ("x-forwarded-for", "10.0.0.1, 10.0.0.2"),
+            ("cookie", "a=1"),
+            ("x-custom-name", "v1"),
+            ("cookie", "b=2"),
+            ("x-custom-name", "v2"),
+            ("accept", ""),
+        ]);
+        let again = Replay::of(&req)
+            .expect("a bodyless GET is replayable")
+            .into_request();
+        assert_eq!(again.method(), Method::GET);
+        assert_eq!(again.uri(), req.uri());
+        assert_eq!(again.version(), http::Version::HTTP_11);
+        assert_eq!(again.headers(), req.headers());
+        let cookies: Vec<_> = again.headers().get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1", "b=2"]);
+        let body = again.into_body().collect().await.expect("body").to_bytes();
+        assert!(body.is_empty());
+    }
+
+    /// Only requests safe to repeat, without a body, are kept for a replay.
+    #[test]
+    fn only_bodyless_idempotent_requests_are_replayable() {
+        for (method, replayable) in [
+            (Method::GET, true),
+            (Method::HEAD, true),
+            (Method::OPTIONS, true),
+            (Method::POST, false),
+            (Method::PUT, false),
+            (Method::DELETE, false),
+        ] {
+            let mut req = get(&[("host", "h")]);
+            *req.method_mut() = method.clone();
+            assert_eq!(Replay::of(&req).is_some(), replayable, "{method}");
+        }
+    }
 }
