@@ -6,6 +6,7 @@
 //! and the backend's answer (or failure) into the client's response.
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -22,6 +23,7 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
+use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
 use crate::balance::{self, Rejection};
@@ -67,6 +69,9 @@ pub struct ConnInfo {
     h2: AtomicBool,
     /// Backend response bodies being sent on this connection.
     responding: AtomicU32,
+    /// The response timer of this connection's requests, lent to one at a time (see
+    /// [`TimerLease`]).
+    response_timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl ConnInfo {
@@ -95,10 +100,67 @@ impl ConnInfo {
         self.h2.load(Ordering::Relaxed)
     }
 
+    /// A timer that fires at `deadline`: the connection's own when no other request holds it.
+    fn response_timer(&self, deadline: tokio::time::Instant) -> TimerLease<'_> {
+        let kept = self
+            .response_timer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let sleep = match kept {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        TimerLease {
+            slot: &self.response_timer,
+            sleep: Some(sleep),
+        }
+    }
+
     fn enter(self: &Arc<Self>) -> Active {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.started.fetch_add(1, Ordering::Relaxed);
         Active(self.clone())
+    }
+}
+
+/// A request's response timer, given back to its connection when the request is done.
+///
+/// A new timer per request is registered in the runtime's timer wheel on its first poll and
+/// taken out again when dropped: ~400 instructions per proxied request of ~29k. The
+/// connection's timer stays registered between requests, and moving a registered timer to a
+/// later deadline is an atomic store; the wheel sees the new deadline when the old one comes.
+/// (HTTP/2 requests that run at the same time as another get a timer of their own.)
+struct TimerLease<'a> {
+    slot: &'a Mutex<Option<Pin<Box<Sleep>>>>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl TimerLease<'_> {
+    /// Polls the timer: ready once it fired.
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match self.sleep.as_mut() {
+            Some(sleep) => sleep.as_mut().poll(cx),
+            // Only `discard` and `drop` take the timer, and neither polls after.
+            None => Poll::Pending,
+        }
+    }
+
+    /// Drops the timer instead of giving it back: for a request that became a tunnel, whose
+    /// connection (HTTP/1.1) carries no more requests.
+    fn discard(mut self) {
+        self.sleep = None;
+    }
+}
+
+impl Drop for TimerLease<'_> {
+    fn drop(&mut self) {
+        if let Some(sleep) = self.sleep.take() {
+            *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(sleep);
+        }
     }
 }
 
@@ -144,6 +206,7 @@ impl ConnInfo {
             started: AtomicU32::new(0),
             h2: AtomicBool::new(false),
             responding: AtomicU32::new(0),
+            response_timer: Mutex::new(None),
         })
     }
 }
@@ -592,17 +655,22 @@ impl Proxy {
         let client_upgrade = kind.map(|_| hyper::upgrade::on(&mut req));
         let (mut upstream, accept) = upstream_request(req, conn, kind)?;
         let deadline = tokio::time::Instant::from_std(started) + placed.response_timeout;
+        let mut timer = conn.response_timer(deadline);
         let mut retried = false;
         let (mut resp, lease) = loop {
             let backend = placed.backend.clone();
             let sending =
                 self.upstream
                     .send(backend.addr, upstream, placed.upstream_limits, started);
-            let sent = tokio::time::timeout_at(deadline, sending);
+            tokio::pin!(sending);
+            let sent = std::future::poll_fn(|cx| match sending.as_mut().poll(cx) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending => timer.poll_fired(cx).map(|()| None),
+            });
             let (e, unsent) = match sent.await {
-                Ok(Ok(sent)) => break sent,
-                Ok(Err(failed)) => failed,
-                Err(_) => {
+                Some(Ok(sent)) => break sent,
+                Some(Err(failed)) => failed,
+                None => {
                     return Err(ProxyError::Timeout {
                         backend: backend.id.to_string(),
                         cause: format!("no response within {:?}", placed.response_timeout),
@@ -631,6 +699,7 @@ impl Proxy {
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let (Some(kind), Some(accept), Some(client)) = (kind, accept, client_upgrade) {
+                timer.discard();
                 return self.open_tunnel(kind, &accept, client, resp, placed, conn.clone());
             }
         }

@@ -198,6 +198,38 @@ async fn a_slow_backend_gives_504() {
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
 }
 
+/// A keep-alive connection's requests share one response timer: each request gets its own
+/// deadline, counted from its own start, whatever came before it on the connection.
+#[tokio::test]
+async fn each_request_of_a_connection_gets_the_whole_response_timeout() {
+    let backends = spawn_backends(1).await;
+    let proxy = spawn_proxy(&config_for(&backends, "response_timeout = \"300ms\"")).await;
+    let mut c = proxy.h1().await;
+    // Each of these takes most of the timeout: a deadline carried over from an earlier request
+    // would cut a later one short.
+    for i in 0..3 {
+        let r = c.get("/slow?ms=150").await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text());
+    }
+    for i in 0..2 {
+        let began = std::time::Instant::now();
+        let r = c.get("/slow?ms=5000").await;
+        assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "slow request {i}");
+        let took = began.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+            "slow request {i}: 504 after {took:?}"
+        );
+        let r = c.get("/").await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "after slow request {i}: {}",
+            r.text()
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_pool_without_backends_gives_503_with_retry_after() {
     let proxy = spawn_proxy(&config_toml(&[], "", "")).await;
