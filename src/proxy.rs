@@ -1029,22 +1029,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 {
-        // Names the client or backend marked as hop-by-hop; `close` is an option, not a name,
-        // and the static names are handled below.
+        // `Connection` is taken out whole (every field of it) in the one lookup that reads it.
+        // The names it lists are removed after; `close` and `keep-alive` are options, not
+        // names, and the static names are handled below.
         let mut listed = Vec::new();
-        for value in headers.get_all(header::CONNECTION) {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.is_empty()
-                    || token.eq_ignore_ascii_case(b"close")
-                    || HOP_BY_HOP_NAMES
-                        .iter()
-                        .any(|h| token.eq_ignore_ascii_case(h))
-                {
-                    continue;
-                }
-                if let Ok(name) = HeaderName::from_bytes(token) {
-                    listed.push(name);
+        if let Entry::Occupied(e) = headers.entry(header::CONNECTION) {
+            for value in e.remove_entry_mult().1 {
+                for token in value.as_bytes().split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.is_empty()
+                        || token.eq_ignore_ascii_case(b"close")
+                        || HOP_BY_HOP_NAMES
+                            .iter()
+                            .any(|h| token.eq_ignore_ascii_case(h))
+                    {
+                        continue;
+                    }
+                    if let Ok(name) = HeaderName::from_bytes(token) {
+                        listed.push(name);
+                    }
                 }
             }
         }
@@ -1052,7 +1055,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+    // `Connection` (bit 0) is gone already.
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
@@ -1232,7 +1236,10 @@ mod tests {
             header::CONNECTION,
             HeaderValue::from_static("keep-alive, X-Secret"),
         );
+        // A second `Connection` field counts as much as the first.
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
         h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("2"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("1"));
