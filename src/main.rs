@@ -1,6 +1,8 @@
 //! The `rtcgate` binary: CLI (run / check / demo), logging, exit codes. Everything else lives in
 //! the library.
 
+#![deny(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,6 +12,9 @@ use rtcgate::demo::DemoBackend;
 use rtcgate::proxy::Proxy;
 use rtcgate::server::{self, Listeners};
 
+// The one exception to safe code: the allocator adapter (a measured 0.9 % of the instructions
+// per proxied request; see the module).
+#[allow(unsafe_code)]
 mod alloc;
 
 /// hyper takes a fresh 8 KiB read buffer for nearly every message on a keep-alive connection,
