@@ -525,7 +525,7 @@ impl Proxy {
     /// Serves one client request.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: &Arc<ConnInfo>,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
@@ -537,7 +537,6 @@ impl Proxy {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let path = uri.path();
-        let mut req = req;
         let (access_log, result) = {
             let snap = self.shared.snapshot.load();
             (
@@ -645,12 +644,11 @@ impl Proxy {
     /// `started` is when the request arrived; it stands for "now" until the response comes.
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         conn: &Arc<ConnInfo>,
-        placed: Placed,
+        mut placed: Placed,
         started: Instant,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let (mut req, mut placed) = (req, placed);
         let kind = placed.websocket;
         let client_upgrade = kind.map(|_| hyper::upgrade::on(&mut req));
         let (mut upstream, accept) = upstream_request(req, conn, kind)?;

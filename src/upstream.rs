@@ -110,11 +110,10 @@ impl Upstream {
     pub async fn send(
         self: &Arc<Self>,
         addr: SocketAddr,
-        req: Request<UpstreamBody>,
+        mut req: Request<UpstreamBody>,
         limits: UpstreamLimits,
         now: Instant,
     ) -> Result<(Response<Incoming>, Lease), (UpstreamError, Option<Request<UpstreamBody>>)> {
-        let mut req = req;
         let mut fresh_only = false;
         loop {
             let taken = if fresh_only {
