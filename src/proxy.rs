@@ -1064,17 +1064,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// HTTP/2 may split `Cookie` over several fields; an HTTP/1.1 backend needs one (RFC 9113 §8.2.3).
 fn join_cookies(headers: &mut HeaderMap) {
     let mut values = headers.get_all(header::COOKIE).iter();
-    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+    let (Some(_), Some(_)) = (values.next(), values.next()) else {
         return;
     };
-    let mut joined = first.as_bytes().to_vec();
-    for v in headers.get_all(header::COOKIE).iter().skip(1) {
-        joined.extend_from_slice(b"; ");
-        joined.extend_from_slice(v.as_bytes());
-    }
+    let joined = join_values(headers.get_all(header::COOKIE).iter(), b"; ");
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(header::COOKIE, v);
     }
+}
+
+/// The bytes of `values`, one after the other with `separator` between them.
+fn join_values<'a>(values: impl Iterator<Item = &'a HeaderValue>, separator: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.extend_from_slice(separator);
+        }
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
 }
 
 static X_RTCGATE_ROOM: HeaderName = HeaderName::from_static("x-rtcgate-room");
@@ -1133,12 +1141,7 @@ fn append_to_list(headers: &mut HeaderMap, name: &'static HeaderName, item: &Hea
             e.insert(item.clone());
         }
         Entry::Occupied(mut e) => {
-            let mut out = Vec::with_capacity(item.len());
-            for v in e.iter() {
-                out.extend_from_slice(v.as_bytes());
-                out.extend_from_slice(b", ");
-            }
-            out.extend_from_slice(item.as_bytes());
+            let out = join_values(e.iter().chain([item]), b", ");
             // An earlier hop may have sent bytes a header cannot hold; the list then starts
             // afresh.
             let joined = HeaderValue::from_maybe_shared(Bytes::from(out));
