@@ -23,8 +23,8 @@
 # Environment
 #   DURATION  seconds per measured wrk run (default 10)
 #   ROUNDS    measured rounds per target (default 5); the median over rounds is reported.
-#             The order rtcgate/haproxy alternates each round; each target gets one
-#             discarded 2 s warm-up run before its first round.
+#             The order rtcgate/haproxy alternates each round; every target gets one
+#             discarded 2 s warm-up run before round 1.
 #
 # Read the RATIOS, not the absolute numbers
 #   The machine is shared and noisy (2 cores): wrk, the proxy under test and nginx all
@@ -35,9 +35,12 @@
 #   RESULT rtcgate_rps=... haproxy_rps=... ratio_rps=... rtcgate_p99_ms=... haproxy_p99_ms=... ratio_p99=...
 #   (RESULT2 adds direct, RESULT3 the like-for-like HAProxy (d), RESULT4 the per-round view:
 #   rtcgate and haproxy run back to back in each round, so the median of the per-round ratios
-#   and the number of rounds rtcgate led say how much of a difference is the machine's noise.)
+#   and the number of rounds rtcgate led say how much of a difference is the machine's noise;
+#   RESULT5 the geometric mean of the per-round ratios with its 95 % confidence interval and a
+#   verdict: ahead or behind when the interval excludes 1, tie when it holds 1.)
 #   Rounds here have ranged from 0.75x to 1.3x of each other within one run; with a difference
 #   of a few percent, three rounds decide it by chance, hence five by default (about 4 min).
+#   A difference under 5 % needs about 30 rounds (ROUNDS=30, about 25 min) to come out of a tie.
 #
 # Everything binds to 127.0.0.1 on free ports chosen at run time; every process started
 # here is killed and the temp dir removed on exit (also on error or Ctrl-C).
@@ -251,17 +254,12 @@ HAPF_PID=$STARTED_PID HAPF_URL=$STARTED_URL
 DIRECT_URL="http://127.0.0.1:$P1/"
 declare -A URL=([direct]="$DIRECT_URL" [rtcgate]="$RTC_URL" [haproxy]="$HAP_URL" [haproxy_fwd]="$HAPF_URL")
 declare -A PROC=([direct]="" [rtcgate]="$RTC_PID" [haproxy]="$HAP_PID" [haproxy_fwd]="$HAPF_PID")
-declare -A WARMED=()
 
 # CPU time (user+sys, clock ticks, all threads) of a process.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 run_wrk() { # target round
     local t=$1 r=$2 out="$TMP/wrk.$1.$2.txt" c0=0 c1=0
-    if [[ -z "${WARMED[$t]:-}" ]]; then
-        timeout $((WARMUP + 15)) wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${URL[$t]}" >/dev/null 2>&1 || true
-        WARMED[$t]=1
-    fi
     [[ -n "${PROC[$t]}" ]] && c0=$(cpu_ticks "${PROC[$t]}")
     timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${URL[$t]}" >"$out" 2>&1 \
         || { echo "wrk against $t failed:" >&2; cat "$out" >&2; exit 1; }
@@ -271,6 +269,12 @@ run_wrk() { # target round
 }
 
 log "measuring: ${ROUNDS} rounds x ${DURATION}s per target, wrk -t1 -c$CONNS$( ((TLS)) && echo ', proxies over TLS')"
+# Every target is warmed up before the first measured round, so that round 1 does not measure
+# whichever target happens to run first after start-up (its round-1 ratio was an outlier,
+# 0.74-0.77, in runs where the others were 0.9-1.1).
+for t in direct rtcgate haproxy haproxy_fwd; do
+    timeout $((WARMUP + 15)) wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${URL[$t]}" >/dev/null 2>&1 || true
+done
 for r in $(seq "$ROUNDS"); do
     run_wrk direct "$r"
     if ((r % 2)); then run_wrk rtcgate "$r"; run_wrk haproxy "$r"; run_wrk haproxy_fwd "$r"
@@ -289,7 +293,11 @@ echo
          || echo "mode: plain HTTP/1.1 keep-alive"
 echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds, median shown; $(nproc) CPUs shared by wrk, proxy and nginx"
 python3 - "$TMP" "$ROUNDS" "$(getconf CLK_TCK)" <<'PY'
-import re, statistics, sys, glob
+import math, re, statistics, sys, glob
+# Two-sided 95 % quantiles of Student's t, by degrees of freedom (index 0 unused).
+T95 = [0, 12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+       2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060,
+       2.056, 2.052, 2.048, 2.045, 2.042]
 tmp, rounds, hz = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 unit = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
@@ -338,6 +346,17 @@ per_round_p99 = [a / b for a, b in zip(r["all_p99"], h["all_p99"])]
 ahead = sum(x > 1 for x in per_round)
 print("rtcgate/haproxy per round: throughput " + " ".join(f"x{x:.3f}" for x in per_round)
       + f"; rtcgate ahead in {ahead} of {rounds}")
+# Whether the difference is more than the machine's noise: the geometric mean of the per-round
+# ratios with its 95 % confidence interval (Student's t over the rounds' log ratios). "tie" means
+# the interval holds 1; more rounds narrow it.
+logs = [math.log(x) for x in per_round]
+gm = math.exp(statistics.mean(logs))
+half = (T95[rounds - 1] if rounds - 1 < len(T95) else 1.96) * statistics.stdev(logs) / math.sqrt(rounds) \
+    if rounds >= 2 else math.inf
+lo, hi = gm * math.exp(-half), gm * math.exp(half)
+verdict = "ahead" if lo > 1 else "behind" if hi < 1 else "tie"
+print(f"rtcgate/haproxy throughput, geometric mean of the rounds: x{gm:.3f}, "
+      f"95% interval x{lo:.3f}..x{hi:.3f}: {verdict}")
 print(f"RESULT rtcgate_rps={r['rps']:.0f} haproxy_rps={h['rps']:.0f} ratio_rps={ratio_rps:.3f} "
       f"rtcgate_p99_ms={r['p99']:.2f} haproxy_p99_ms={h['p99']:.2f} ratio_p99={ratio_p99:.3f}")
 print(f"RESULT2 direct_rps={d['rps']:.0f} direct_p99_ms={d['p99']:.2f} rtcgate_vs_direct={r['rps'] / d['rps']:.3f} "
@@ -350,4 +369,6 @@ print(f"RESULT3 haproxy_fwd_rps={f['rps']:.0f} haproxy_fwd_p99_ms={f['p99']:.2f}
 print(f"RESULT4 per_round_ratio_rps_median={statistics.median(per_round):.3f} "
       f"per_round_ratio_p99_median={statistics.median(per_round_p99):.3f} "
       f"rounds_rtcgate_ahead={ahead} rounds={rounds}")
+print(f"RESULT5 per_round_ratio_rps_geomean={gm:.3f} ci95_low={lo:.3f} ci95_high={hi:.3f} "
+      f"verdict={verdict} rounds={rounds}")
 PY
