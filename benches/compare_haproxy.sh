@@ -40,7 +40,8 @@
 #   verdict: ahead or behind when the interval excludes 1, tie when it holds 1.)
 #   Rounds here have ranged from 0.75x to 1.3x of each other within one run; with a difference
 #   of a few percent, three rounds decide it by chance, hence five by default (about 4 min).
-#   A difference under 5 % needs about 30 rounds (ROUNDS=30, about 25 min) to come out of a tie.
+#   With this machine's spread, 30 rounds (ROUNDS=30, about 22 min) narrow the interval to
+#   about +-4 %; a smaller difference stays a tie.
 #
 # Everything binds to 127.0.0.1 on free ports chosen at run time; every process started
 # here is killed and the temp dir removed on exit (also on error or Ctrl-C).
@@ -271,7 +272,7 @@ run_wrk() { # target round
 log "measuring: ${ROUNDS} rounds x ${DURATION}s per target, wrk -t1 -c$CONNS$( ((TLS)) && echo ', proxies over TLS')"
 # Every target is warmed up before the first measured round, so that round 1 does not measure
 # whichever target happens to run first after start-up (its round-1 ratio was an outlier,
-# 0.74-0.77, in runs where the others were 0.9-1.1).
+# 0.74-0.77, in runs where the others were 0.87-1.09).
 for t in direct rtcgate haproxy haproxy_fwd; do
     timeout $((WARMUP + 15)) wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${URL[$t]}" >/dev/null 2>&1 || true
 done
