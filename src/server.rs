@@ -548,9 +548,11 @@ async fn serve_http<I>(
     let head_timeout = limits.header_read_timeout;
     let idle_timeout = limits.idle_timeout;
     let period = head_timeout.min(idle_timeout) / 2;
-    let mut tick = tokio::time::interval(period);
+    // The first tick is a period away. (An interval's immediate first tick would register a
+    // timer due now, earlier than any the runtime waits for, and so wake the runtime through an
+    // eventfd write: one syscall per new connection.)
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     let mut seen_io = activity.load(Ordering::Relaxed);
     let mut seen_started = watched.started();
     let mut quiet = Duration::ZERO;
