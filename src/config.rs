@@ -384,6 +384,14 @@ struct RawBackend {
     weight: u32,
 }
 
+/// Whether listeners on `a` and `b` would take the same connections: one port (not 0, which
+/// picks a free one) and the same address, or a wildcard on either side.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 fn default_cookie() -> String {
     "rtcgate".into()
 }
@@ -540,6 +548,22 @@ impl Validator<'_> {
         };
         if listen.https.is_none() && listen.http.is_none() {
             return Err(self.err("listen", "set at least one of listen.https and listen.http"));
+        }
+        // The listeners use SO_REUSEPORT, so the kernel would let two of them share a port and
+        // split its connections between them rather than refuse the second.
+        let keyed = [
+            ("listen.https", listen.https),
+            ("listen.http", listen.http),
+            ("listen.admin", listen.admin),
+        ];
+        for (i, (key, addr)) in keyed.iter().enumerate() {
+            for (other, other_addr) in &keyed[..i] {
+                if let (Some(a), Some(b)) = (addr, other_addr) {
+                    if overlap(*a, *b) {
+                        return Err(self.err(*key, format!("{a} overlaps {other} ({b})")));
+                    }
+                }
+            }
         }
         let tls = raw.tls.map(|t| self.tls(t)).transpose()?;
         if listen.https.is_some() && tls.is_none() {

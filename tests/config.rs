@@ -82,6 +82,11 @@ fn each_bad_value_names_its_key_and_file() {
             "https = \"127.0.0.1:0\"\nhttps2 = \"x\"",
             "https2",
         ),
+        (
+            "http = \"127.0.0.1:0\"",
+            "http = \"127.0.0.1:8080\"\nadmin = \"0.0.0.0:8080\"",
+            "listen.admin",
+        ),
     ];
     for (from, to, key) in cases {
         assert!(text.contains(from), "test case does not apply: {from}");
@@ -95,6 +100,41 @@ fn each_bad_value_names_its_key_and_file() {
             err.contains("proxy.toml"),
             "error does not name the file: {err}"
         );
+    }
+}
+
+/// The listeners share ports with SO_REUSEPORT, so two of them on one port would silently split
+/// its connections: the config refuses it instead, and still takes distinct or ephemeral ports.
+#[test]
+fn two_listeners_on_one_port_are_refused() {
+    let (certs, text) = good();
+    let on = |https: &str, http: &str| {
+        text.replacen(
+            "https = \"127.0.0.1:0\"",
+            &format!("https = \"{https}\""),
+            1,
+        )
+        .replacen("http = \"127.0.0.1:0\"", &format!("http = \"{http}\""), 1)
+    };
+    for (https, http) in [
+        ("127.0.0.1:8443", "127.0.0.1:8443"),
+        ("0.0.0.0:8443", "127.0.0.1:8443"),
+        ("127.0.0.1:8443", "[::]:8443"),
+    ] {
+        let err =
+            load(certs.dir.path(), &on(https, http)).expect_err(&format!("{https} and {http}"));
+        assert!(
+            err.contains("listen.http") && err.contains("overlaps listen.https"),
+            "{err}"
+        );
+    }
+    for (https, http) in [
+        ("127.0.0.1:8443", "127.0.0.1:8080"),
+        ("127.0.0.1:8443", "127.0.0.2:8443"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ] {
+        load(certs.dir.path(), &on(https, http))
+            .unwrap_or_else(|e| panic!("{https} and {http}: {e}"));
     }
 }
 
