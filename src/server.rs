@@ -46,8 +46,8 @@ impl Listeners {
         async fn one(key: &str, addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
             match addr {
                 None => Ok(None),
-                Some(a) => TcpListener::bind(a)
-                    .await
+                Some(a) => listen_socket(a, key != "admin")
+                    .and_then(TcpListener::from_std)
                     .map(Some)
                     .with_context(|| format!("listen.{key}: cannot listen on {a}")),
             }
@@ -58,6 +58,42 @@ impl Listeners {
             admin: one("admin", listen.admin).await?,
         })
     }
+}
+
+/// A listening socket on `addr` as `TcpListener::bind` makes one (SO_REUSEADDR, a backlog of
+/// 1024), and with SO_REUSEPORT if `reuse_port`.
+fn listen_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Worker `w`'s socket for `listener`. When the listener has SO_REUSEPORT (as `Listeners::bind`
+/// makes them), each worker after the first gets a socket of its own on the same address: the
+/// kernel then hands each new connection to one worker's socket and wakes that worker alone.
+/// Otherwise (a socket bound by the caller), the workers share copies of one socket.
+fn worker_socket(listener: &std::net::TcpListener, w: usize) -> io::Result<std::net::TcpListener> {
+    let reuse_port = socket2::SockRef::from(listener)
+        .reuse_port()
+        .unwrap_or(false);
+    if w == 0 || !reuse_port {
+        return listener.try_clone();
+    }
+    let addr = listener.local_addr()?;
+    listen_socket(addr, true).or_else(|e| {
+        tracing::warn!(%addr, error = %e, "cannot open a worker's own listening socket; the workers share one");
+        listener.try_clone()
+    })
 }
 
 /// The HTTP server settings of one snapshot's `[limits]`, built once per snapshot.
@@ -167,7 +203,7 @@ struct Handoff {
 /// `limits.shutdown_grace` to finish, and returns.
 ///
 /// Connections are served by `limits.workers` threads, each with its own single-threaded tokio
-/// runtime accepting from the same sockets (as nginx workers do): a connection, its requests and
+/// runtime accepting from sockets of its own (see `worker_socket`): a connection, its requests and
 /// their backend connections stay on one thread, which spares the cross-thread wake-ups that
 /// dominate a work-stealing scheduler's cost at this request size. The caller's runtime keeps
 /// only the control work.
@@ -219,7 +255,7 @@ pub async fn run(
         let cpu = cpus.as_ref().map(|c| c[w % c.len()]);
         let mine = sockets
             .iter()
-            .map(|(l, tls)| Ok((l.try_clone()?, *tls)))
+            .map(|(l, tls)| Ok((worker_socket(l, w)?, *tls)))
             .collect::<io::Result<Vec<_>>>()?;
         let (ctx, proxy) = (ctx.clone(), proxy.for_worker());
         let thread = std::thread::Builder::new()
@@ -329,11 +365,12 @@ fn worker(
 
 /// Accepts connections and gives each to the least loaded worker.
 ///
-/// Every worker waits on the same sockets, and the kernel wakes them all for a new connection:
-/// whichever runs first takes it, and under a burst one worker can take nearly all (64 of 65
-/// was seen with `wrk -c64`), leaving the other core idle and latency doubled. So a worker
-/// that is not the least loaded passes what it accepts to the one that is, as HAProxy's
-/// threads do. This costs one cross-thread wake-up per connection, not per request.
+/// Where workers share a socket, the kernel wakes them all for a new connection and whichever
+/// runs first takes it: under a burst one worker took nearly all (64 of 65 with `wrk -c64`),
+/// leaving the other core idle and latency doubled. With a socket per worker, the kernel's hash
+/// can still leave one worker with more. So a worker that is not the least loaded passes what
+/// it accepts to the one that is, as HAProxy's threads do. This costs one cross-thread wake-up
+/// per connection handed over, not per request.
 async fn accept_loop(
     me: usize,
     listener: TcpListener,
@@ -783,5 +820,60 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.client_connections.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each worker past the first listens on a socket of its own, and the kernel spreads new
+    /// connections over the workers' sockets (copies of one socket would share one queue, and
+    /// the first to drain it would take them all).
+    #[test]
+    fn each_worker_gets_its_own_share_of_new_connections() {
+        let first = listen_socket("127.0.0.1:0".parse().expect("address"), true).expect("bind");
+        let second = worker_socket(&first, 1).expect("worker socket");
+        let addr = first.local_addr().expect("address");
+        assert_eq!(second.local_addr().expect("address"), addr);
+        let clients: Vec<_> = (0..32)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let drain = |l: &std::net::TcpListener| {
+            let mut n = 0;
+            while let Ok(_conn) = l.accept() {
+                n += 1;
+            }
+            n
+        };
+        let mut counts = [0, 0];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for _ in 0..100_000 {
+            counts[0] += drain(&first);
+            counts[1] += drain(&second);
+            if counts[0] + counts[1] == clients.len() || std::time::Instant::now() > deadline {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        assert_eq!(counts[0] + counts[1], clients.len(), "accepted {counts:?}");
+        // All 32 on one socket has odds of 2 in 2^32.
+        assert!(counts[0] > 0 && counts[1] > 0, "accepted {counts:?}");
+    }
+
+    /// A socket bound by the caller without SO_REUSEPORT is shared: workers get copies of it.
+    #[test]
+    fn a_socket_without_reuse_port_is_shared() {
+        let first = listen_socket("127.0.0.1:0".parse().expect("address"), false).expect("bind");
+        let second = worker_socket(&first, 1).expect("worker socket");
+        let client = std::net::TcpStream::connect(first.local_addr().expect("address"));
+        client.expect("connect");
+        second.set_nonblocking(false).expect("blocking");
+        let timeout = Some(Duration::from_secs(5));
+        socket2::SockRef::from(&second)
+            .set_read_timeout(timeout)
+            .expect("accept timeout");
+        // The connection queued on the one socket is accepted through the copy.
+        second.accept().expect("accept through the copy");
     }
 }
