@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# compare_haproxy.sh - HTTP/1.1 keep-alive load benchmark: rtcgate vs HAProxy 2.6.
+# compare_haproxy.sh - HTTP/1.1 load benchmark (keep-alive, or a new connection per request): rtcgate vs HAProxy 2.6.
 #
 # What it measures
 #   Requests/sec and p99 latency of a tiny GET (`200 "backend-N\n"`) through
@@ -12,11 +12,15 @@
 #         issue 2 names; (d) is reported beside it, not instead of it,
 #   all with `wrk -t1 -c64 --latency` on 127.0.0.1. wrk sends no cookie, so every request
 #   is a "new client": both proxies pick a backend and insert a sticky cookie each time.
+#   With --close, wrk sends `Connection: close`, so each request comes on a new client
+#   connection that the proxy accepts, serves and closes (backend connections stay pooled):
+#   what a proxy costs per connection, as a browser reconnecting or a WebSocket opening costs.
 #   Three nginx `server` blocks in ONE nginx worker process act as the three backends.
 #
 # How to run (from the repo root, as root, Debian 12)
 #   bash benches/compare_haproxy.sh            # plain HTTP (the main result)
 #   bash benches/compare_haproxy.sh --tls      # proxies terminate TLS with certs/localhost.*
+#   bash benches/compare_haproxy.sh --close    # a new client connection for every request
 #   DURATION=20 ROUNDS=5 bash benches/compare_haproxy.sh
 #   Missing tools (wrk, haproxy, nginx-light, curl, python3) are installed with apt-get.
 #
@@ -52,11 +56,13 @@ ROUNDS="${ROUNDS:-5}"
 WARMUP=2
 CONNS=64
 TLS=0
+CLOSE=0
 for arg in "$@"; do
     case "$arg" in
         --tls) TLS=1 ;;
+        --close) CLOSE=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $arg (only --tls is accepted)" >&2; exit 2 ;;
+        *) echo "unknown argument: $arg (--tls and --close are accepted)" >&2; exit 2 ;;
     esac
 done
 [[ "$DURATION" =~ ^[0-9]+$ && "$DURATION" -ge 1 ]] || { echo "DURATION must be a positive integer" >&2; exit 2; }
@@ -257,24 +263,27 @@ declare -A URL=([direct]="$DIRECT_URL" [rtcgate]="$RTC_URL" [haproxy]="$HAP_URL"
 declare -A PROC=([direct]="" [rtcgate]="$RTC_PID" [haproxy]="$HAP_PID" [haproxy_fwd]="$HAPF_PID")
 
 # CPU time (user+sys, clock ticks, all threads) of a process.
+# Extra wrk arguments: none, or a new connection per request.
+WRK_ARGS=()
+((CLOSE)) && WRK_ARGS=(-H "Connection: close")
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 run_wrk() { # target round
     local t=$1 r=$2 out="$TMP/wrk.$1.$2.txt" c0=0 c1=0
     [[ -n "${PROC[$t]}" ]] && c0=$(cpu_ticks "${PROC[$t]}")
-    timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${URL[$t]}" >"$out" 2>&1 \
+    timeout $((DURATION + 30)) wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "${WRK_ARGS[@]}" "${URL[$t]}" >"$out" 2>&1 \
         || { echo "wrk against $t failed:" >&2; cat "$out" >&2; exit 1; }
     [[ -n "${PROC[$t]}" ]] && c1=$(cpu_ticks "${PROC[$t]}")
     echo "cpu_ticks $((c1 - c0))" >>"$out"
     log "round $r $t: $(grep -m1 'Requests/sec' "$out" | tr -s ' ')  p99 $(awk '$1 == "99%" {print $2}' "$out")"
 }
 
-log "measuring: ${ROUNDS} rounds x ${DURATION}s per target, wrk -t1 -c$CONNS$( ((TLS)) && echo ', proxies over TLS')"
+log "measuring: ${ROUNDS} rounds x ${DURATION}s per target, wrk -t1 -c$CONNS$( ((TLS)) && echo ', proxies over TLS')$( ((CLOSE)) && echo ', a new connection per request')"
 # Every target is warmed up before the first measured round, so that round 1 does not measure
 # whichever target happens to run first after start-up (its round-1 ratio was an outlier,
 # 0.74-0.77, in runs where the others were 0.87-1.09).
 for t in direct rtcgate haproxy haproxy_fwd; do
-    timeout $((WARMUP + 15)) wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${URL[$t]}" >/dev/null 2>&1 || true
+    timeout $((WARMUP + 15)) wrk -t1 -c"$CONNS" -d"${WARMUP}s" "${WRK_ARGS[@]}" "${URL[$t]}" >/dev/null 2>&1 || true
 done
 for r in $(seq "$ROUNDS"); do
     run_wrk direct "$r"
@@ -291,7 +300,8 @@ if [[ -s "$TMP/rtcgate.log" ]]; then
 fi
 echo
 ((TLS)) && echo "mode: proxies terminate TLS (wrk -> https); direct = plain HTTP to one nginx backend" \
-         || echo "mode: plain HTTP/1.1 keep-alive"
+         || echo "mode: plain HTTP/1.1"
+((CLOSE)) && echo "mode: a new client connection per request (Connection: close)" || echo "mode: keep-alive"
 echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS rounds, median shown; $(nproc) CPUs shared by wrk, proxy and nginx"
 python3 - "$TMP" "$ROUNDS" "$(getconf CLK_TCK)" <<'PY'
 import math, re, statistics, sys, glob
