@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -385,11 +385,16 @@ struct RawBackend {
 }
 
 /// Whether listeners on `a` and `b` would take the same connections: one port (not 0, which
-/// picks a free one) and the same address, or a wildcard on either side.
+/// picks a free one) and the same address (an IPv4-mapped IPv6 one counts as its IPv4), or a
+/// wildcard covering the other: `0.0.0.0` covers IPv4, `[::]` everything (dual stack).
 fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
-    a.port() == b.port()
-        && a.port() != 0
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers =
+        |wild: IpAddr, other: IpAddr| wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4());
+    a == b || covers(a, b) || covers(b, a)
 }
 
 fn default_cookie() -> String {

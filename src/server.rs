@@ -46,7 +46,8 @@ impl Listeners {
         async fn one(key: &str, addr: Option<SocketAddr>) -> anyhow::Result<Option<TcpListener>> {
             match addr {
                 None => Ok(None),
-                Some(a) => listen_socket(a, key != "admin")
+                Some(a) => check_free(a)
+                    .and_then(|()| listen_socket(a, key != "admin", None))
                     .and_then(TcpListener::from_std)
                     .map(Some)
                     .with_context(|| format!("listen.{key}: cannot listen on {a}")),
@@ -61,14 +62,14 @@ impl Listeners {
 }
 
 /// A listening socket on `addr` as `TcpListener::bind` makes one (SO_REUSEADDR, a backlog of
-/// 1024), and with SO_REUSEPORT if `reuse_port`.
-fn listen_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
+/// 1024), with SO_REUSEPORT if `reuse_port`, and IPV6_V6ONLY as `only_v6` says (`None`: the
+/// system's default).
+fn listen_socket(
+    addr: SocketAddr,
+    reuse_port: bool,
+    only_v6: Option<bool>,
+) -> io::Result<std::net::TcpListener> {
+    let socket = unbound_socket(addr, only_v6)?;
     if reuse_port {
         socket.set_reuse_port(true)?;
     }
@@ -76,6 +77,29 @@ fn listen_socket(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::Tcp
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+fn unbound_socket(addr: SocketAddr, only_v6: Option<bool>) -> io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if let (true, Some(only)) = (addr.is_ipv6(), only_v6) {
+        socket.set_only_v6(only)?;
+    }
+    Ok(socket)
+}
+
+/// Fails with "address in use" where a listener already holds `addr`, as a bind without
+/// SO_REUSEPORT does. With SO_REUSEPORT, the bind would succeed beside another process of the
+/// same user (a second rtcgate started by mistake) and split the connections with it.
+fn check_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() != 0 {
+        unbound_socket(addr, None)?.bind(&addr.into())?;
+    }
+    Ok(())
 }
 
 /// Worker `w`'s socket for `listener`. When the listener has SO_REUSEPORT (as `Listeners::bind`
@@ -90,7 +114,11 @@ fn worker_socket(listener: &std::net::TcpListener, w: usize) -> io::Result<std::
         return listener.try_clone();
     }
     let addr = listener.local_addr()?;
-    listen_socket(addr, true).or_else(|e| {
+    let only_v6 = match addr {
+        SocketAddr::V6(_) => socket2::SockRef::from(listener).only_v6().ok(),
+        SocketAddr::V4(_) => None,
+    };
+    listen_socket(addr, true, only_v6).or_else(|e| {
         tracing::warn!(%addr, error = %e, "cannot open a worker's own listening socket; the workers share one");
         listener.try_clone()
     })
@@ -832,7 +860,8 @@ mod tests {
     /// the first to drain it would take them all).
     #[test]
     fn each_worker_gets_its_own_share_of_new_connections() {
-        let first = listen_socket("127.0.0.1:0".parse().expect("address"), true).expect("bind");
+        let first =
+            listen_socket("127.0.0.1:0".parse().expect("address"), true, None).expect("bind");
         let second = worker_socket(&first, 1).expect("worker socket");
         let addr = first.local_addr().expect("address");
         assert_eq!(second.local_addr().expect("address"), addr);
@@ -861,10 +890,38 @@ mod tests {
         assert!(counts[0] > 0 && counts[1] > 0, "accepted {counts:?}");
     }
 
+    /// SO_REUSEPORT does not let a second instance bind beside a running one: its bind fails
+    /// with "address in use", naming the key, as it did before.
+    #[tokio::test]
+    async fn a_second_instance_on_the_same_address_is_refused() {
+        let mut listen = Listen {
+            https: None,
+            http: Some("127.0.0.1:0".parse().expect("address")),
+            admin: None,
+        };
+        let first = Listeners::bind(&listen).await.expect("first bind");
+        let bound = first
+            .http
+            .as_ref()
+            .expect("http")
+            .local_addr()
+            .expect("address");
+        listen.http = Some(bound);
+        let err = Listeners::bind(&listen).await.expect_err("second bind");
+        let text = format!("{err:#}");
+        assert!(text.contains("listen.http: cannot listen on"), "{text}");
+        assert!(text.to_lowercase().contains("in use"), "{text}");
+        drop(first);
+        Listeners::bind(&listen)
+            .await
+            .expect("bind once the first is gone");
+    }
+
     /// A socket bound by the caller without SO_REUSEPORT is shared: workers get copies of it.
     #[test]
     fn a_socket_without_reuse_port_is_shared() {
-        let first = listen_socket("127.0.0.1:0".parse().expect("address"), false).expect("bind");
+        let first =
+            listen_socket("127.0.0.1:0".parse().expect("address"), false, None).expect("bind");
         let second = worker_socket(&first, 1).expect("worker socket");
         let client = std::net::TcpStream::connect(first.local_addr().expect("address"));
         client.expect("connect");

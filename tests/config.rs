@@ -120,6 +120,8 @@ fn two_listeners_on_one_port_are_refused() {
         ("127.0.0.1:8443", "127.0.0.1:8443"),
         ("0.0.0.0:8443", "127.0.0.1:8443"),
         ("127.0.0.1:8443", "[::]:8443"),
+        ("127.0.0.1:8443", "[::ffff:127.0.0.1]:8443"),
+        ("[::ffff:0.0.0.0]:8443", "10.0.0.5:8443"),
     ] {
         let err =
             load(certs.dir.path(), &on(https, http)).expect_err(&format!("{https} and {http}"));
@@ -132,6 +134,7 @@ fn two_listeners_on_one_port_are_refused() {
         ("127.0.0.1:8443", "127.0.0.1:8080"),
         ("127.0.0.1:8443", "127.0.0.2:8443"),
         ("127.0.0.1:0", "127.0.0.1:0"),
+        ("0.0.0.0:8443", "[::1]:8443"),
     ] {
         load(certs.dir.path(), &on(https, http))
             .unwrap_or_else(|e| panic!("{https} and {http}: {e}"));
