@@ -98,7 +98,7 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(config, demo)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&*e),
+        Err(e) => fail(&e),
     }
 }
 

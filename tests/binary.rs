@@ -188,3 +188,29 @@ async fn workers_are_bound_one_per_cpu_when_asked_and_left_free_when_not() {
         assert_eq!(seen, want, "pin_workers = {pin}: (worker, CPUs)");
     }
 }
+
+/// An address already taken (here by a plain listener, as by a running rtcgate) stops the binary
+/// before it serves, with the key, the address and the system's reason.
+#[test]
+fn an_address_in_use_is_refused_with_its_key_and_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let certs = make_certs();
+    let toml = config_toml(&[("b1", "127.0.0.1:9".parse().expect("addr"))], "", "")
+        .replace("http = \"127.0.0.1:0\"", &format!("http = \"{addr}\""));
+    let path = certs.dir.path().join("proxy.toml");
+    std::fs::write(&path, toml).expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_rtcgate"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run rtcgate");
+    assert!(!out.status.success(), "rtcgate started on a taken address");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("listen.http: cannot listen on {addr}"))
+            && stderr.contains("in use"),
+        "{stderr}"
+    );
+}
