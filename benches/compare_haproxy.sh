@@ -22,6 +22,8 @@
 #   bash benches/compare_haproxy.sh --tls      # proxies terminate TLS with certs/localhost.*
 #   bash benches/compare_haproxy.sh --close    # a new client connection for every request
 #   DURATION=20 ROUNDS=5 bash benches/compare_haproxy.sh
+#   RTCGATE_BIN=/path/to/rtcgate bash benches/compare_haproxy.sh   # that binary, no build
+#                                       # (an older build, for a before/after in one session)
 #   Missing tools (wrk, haproxy, nginx-light, curl, python3) are installed with apt-get.
 #
 # Environment
@@ -81,9 +83,11 @@ need_commands wrk:wrk haproxy:haproxy nginx:nginx-light curl:curl python3:python
 # ports/configs and are left alone. Everything below runs private instances.
 
 # ---------------------------------------------------------------- 2. build
-log "cargo build --release"
-cargo build --release
-BIN="$REPO/target/release/rtcgate"
+BIN="${RTCGATE_BIN:-$REPO/target/release/rtcgate}"
+if [[ -z "${RTCGATE_BIN:-}" ]]; then
+    log "cargo build --release"
+    cargo build --release
+fi
 [[ -x "$BIN" ]] || { echo "no binary at $BIN" >&2; exit 1; }
 
 # ---------------------------------------------------------------- temp dir + cleanup

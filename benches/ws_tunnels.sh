@@ -68,9 +68,11 @@ if [[ "$fd_limit" != unlimited ]] && ((fd_limit < 2 * N + 500)); then
 fi
 
 # ---------------------------------------------------------------- 3. build
-log "cargo build --release"
-cargo build --release
 BIN="${RTCGATE_BIN:-$REPO/target/release/rtcgate}"
+if [[ -z "${RTCGATE_BIN:-}" ]]; then
+    log "cargo build --release"
+    cargo build --release
+fi
 [[ -x "$BIN" ]] || { echo "no binary at $BIN" >&2; exit 1; }
 TOOL="${WS_TUNNELS_BIN:-}"
 if [[ -z "$TOOL" ]]; then
