@@ -11,9 +11,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::header::{HeaderMap, HeaderValue, COOKIE};
 use rtcgate::balance;
 use rtcgate::config::{Config, WhenDown};
-use rtcgate::pool::Registry;
-use rtcgate::snapshot::Snapshot;
-use rtcgate::sticky::Pin;
+use rtcgate::state::registry::Registry;
+use rtcgate::state::snapshot::Snapshot;
+use rtcgate::sticky::CookiePin;
 
 fn snapshot(n: usize) -> Snapshot {
     let mut text = String::from(
@@ -62,7 +62,8 @@ fn placement(c: &mut Criterion) {
         headers.insert(COOKIE, HeaderValue::from_str(&value).expect("header"));
         g.bench_function(format!("new_user/{n}"), |b| {
             b.iter(|| {
-                balance::place(pool, Pin::None, None, WhenDown::Repin).map(|p| p.member.weight)
+                balance::place(pool, CookiePin::None, None, WhenDown::Repin)
+                    .map(|p| p.member.weight)
             })
         });
         g.bench_function(format!("verify_and_place_pinned/{n}"), |b| {
@@ -76,7 +77,7 @@ fn placement(c: &mut Criterion) {
             b.iter(|| {
                 balance::place(
                     pool,
-                    Pin::None,
+                    CookiePin::None,
                     Some(balance::Room {
                         name: black_box("daily-standup"),
                         live_on: None,

@@ -5,7 +5,7 @@
 //! `cargo bench --bench request_path`
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,37 +14,21 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rtcgate::config::Config;
-use rtcgate::demo::DemoBackend;
-use rtcgate::proxy::Proxy;
-use rtcgate::server::{self, Listeners};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
 
-const CONFIG: &str = r#"
-[listen]
-http = "127.0.0.1:0"
-[sticky]
-keys = ["b1:bench-secret-0123456789abcdef0123456789"]
-[pools.media]
-hosts = ["*"]
-[[pools.media.backends]]
-id = "b1"
-address = "ADDR"
-"#;
+// The tests' helpers: the same proxy the tests start. The bench uses a few of them.
+#[allow(dead_code)]
+#[path = "../tests/it/support.rs"]
+mod support;
 
-async fn start(rt_dir: &std::path::Path) -> (SocketAddr, SocketAddr, Arc<DemoBackend>) {
-    let backend = DemoBackend::spawn("b1", TcpListener::bind("127.0.0.1:0").await.expect("bind"));
-    let path = rt_dir.join("proxy.toml");
-    std::fs::write(&path, CONFIG.replace("ADDR", &backend.addr.to_string())).expect("write config");
-    let proxy = Proxy::new(Config::load(&path).expect("config")).expect("proxy");
-    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let proxy_addr = http.local_addr().expect("addr");
-    let listeners = Listeners {
-        http: Some(http),
-        ..Listeners::default()
-    };
-    tokio::spawn(server::run(listeners, proxy, std::future::pending()));
-    (backend.addr, proxy_addr, backend)
+/// A demo backend and rtcgate in front of it (plain listener): their addresses, and the proxy to
+/// keep while it is measured.
+async fn start() -> (SocketAddr, SocketAddr, support::TestProxy) {
+    let backend = support::spawn_backend("b1").await;
+    let proxy =
+        support::spawn_proxy(&support::config_for(std::slice::from_ref(&backend), "")).await;
+    (backend.addr, proxy.http, proxy)
 }
 
 async fn connect(addr: SocketAddr) -> SendRequest<Empty<Bytes>> {
@@ -70,8 +54,7 @@ async fn get(sender: &mut SendRequest<Empty<Bytes>>) {
 
 fn request_path(c: &mut Criterion) {
     let rt = Runtime::new().expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (direct, proxied, _backend) = rt.block_on(start(dir.path()));
+    let (direct, proxied, _proxy) = rt.block_on(start());
     let mut group = c.benchmark_group("request_path");
     group.measurement_time(Duration::from_secs(5));
     for (name, addr) in [("direct", direct), ("proxied", proxied)] {
@@ -100,8 +83,11 @@ fn metrics_per_request(c: &mut Criterion) {
     let text = "[listen]\nhttp = \"127.0.0.1:0\"\n[sticky]\nkeys = [\"k1:bench-secret-0123456789abcdef0123456789\"]\n\
                 [pools.media]\n[[pools.media.backends]]\nid = \"b1\"\naddress = \"127.0.0.1:9\"\n";
     let config = Config::parse(text, std::path::Path::new("bench.toml")).expect("config");
-    let snap = rtcgate::snapshot::Snapshot::build(config, &rtcgate::pool::Registry::default())
-        .expect("snapshot");
+    let snap = rtcgate::state::snapshot::Snapshot::build(
+        config,
+        &rtcgate::state::registry::Registry::default(),
+    )
+    .expect("snapshot");
     let pool = &snap.pools[0];
     let backend = &pool.members[0].backend;
     c.bench_function("metrics_per_request", |b| {

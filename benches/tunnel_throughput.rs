@@ -8,36 +8,25 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use rtcgate::config::Config;
-use rtcgate::demo::DemoBackend;
-use rtcgate::proxy::Proxy;
-use rtcgate::server::{self, Listeners};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+
+// The tests' helpers: the same proxy the tests start. The bench uses a few of them.
+#[allow(dead_code)]
+#[path = "../tests/it/support.rs"]
+mod support;
 
 const MESSAGE: usize = 64 * 1024;
 const TOTAL: usize = 32 * 1024 * 1024;
 const ROUNDS: usize = 7;
 
-async fn start(dir: &std::path::Path) -> (SocketAddr, SocketAddr) {
-    let backend = DemoBackend::spawn("b1", TcpListener::bind("127.0.0.1:0").await.expect("bind"));
-    let text = format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\n[sticky]\nkeys = [\"k1:bench-secret-0123456789abcdef0123456789\"]\n\
-         [pools.media]\n[[pools.media.backends]]\nid = \"b1\"\naddress = \"{}\"\n",
-        backend.addr
-    );
-    let path = dir.join("proxy.toml");
-    std::fs::write(&path, text).expect("write config");
-    let proxy = Proxy::new(Config::load(&path).expect("config")).expect("proxy");
-    let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = http.local_addr().expect("addr");
-    let listeners = Listeners {
-        http: Some(http),
-        ..Listeners::default()
-    };
-    tokio::spawn(server::run(listeners, proxy, std::future::pending()));
-    // The backend's accept loop keeps it serving after this handle is dropped.
-    (backend.addr, addr)
+/// A demo backend and rtcgate in front of it (plain listener): their addresses, and the proxy to
+/// keep while it is measured.
+async fn start() -> (SocketAddr, SocketAddr, support::TestProxy) {
+    let backend = support::spawn_backend("b1").await;
+    let proxy =
+        support::spawn_proxy(&support::config_for(std::slice::from_ref(&backend), "")).await;
+    (backend.addr, proxy.http, proxy)
 }
 
 /// MiB/s of echoed bulk data over one WebSocket to `addr`.
@@ -77,9 +66,8 @@ fn main() {
         return;
     }
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
     rt.block_on(async {
-        let (direct, proxied) = start(dir.path()).await;
+        let (direct, proxied, _proxy) = start().await;
         let (mut d, mut p) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             d.push(echo_rate(direct).await);

@@ -10,55 +10,13 @@
 use std::sync::atomic::Ordering;
 
 use crate::config::WhenDown;
-use crate::pool::AdminState;
-use crate::snapshot::{Member, Pool};
-use crate::sticky::Pin;
+use crate::state::backend::AdminState;
+use crate::state::snapshot::{Member, Pool};
+use crate::sticky::CookiePin;
 
-/// Why no backend could take a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// Backends are up, but every one is at its `max_sessions`.
-    Full,
-    /// No backend is up and enabled.
-    NoBackend,
-    /// The pinned backend is down and `when_down = "reject"`.
-    Down,
-}
-
-impl Rejection {
-    /// The `reason` label of `rtcgate_rejected_total`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::Full => "full",
-            Rejection::NoBackend => "no_backend",
-            Rejection::Down => "down",
-        }
-    }
-}
-
-/// What happened to the request's pin: the `outcome` label of `rtcgate_sticky_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// No cookie: placed afresh.
-    New,
-    /// The cookie's backend took the request.
-    Hit,
-    /// A valid pin moved: its backend was down, or the room lives elsewhere.
-    Repinned,
-    /// A cookie that did not verify, or named no backend of the pool: placed afresh.
-    Invalid,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::New => "new",
-            Outcome::Hit => "hit",
-            Outcome::Repinned => "repinned",
-            Outcome::Invalid => "invalid",
-        }
-    }
-}
+/// The two verdicts of placement are also label values of the metrics contract, so they are
+/// declared with the metric names (`metrics.rs`).
+pub use crate::metrics::{Outcome, Rejection};
 
 /// Where a request goes, and whether the client needs a new cookie for it.
 #[derive(Debug)]
@@ -108,18 +66,18 @@ pub struct Room<'r> {
 /// Places a request on `pool`, given its cookie's pin and the room it names.
 pub fn place<'a>(
     pool: &'a Pool,
-    pin: Pin<'_>,
+    pin: CookiePin<'_>,
     room: Option<Room<'_>>,
     when_down: WhenDown,
 ) -> Result<Placement<'a>, Rejection> {
     let (pinned, refresh) = match pin {
-        Pin::Valid { backend, refresh } => (pool.member(backend), refresh),
+        CookiePin::Valid { backend, refresh } => (pool.member(backend), refresh),
         _ => (None, false),
     };
     // A pin to a backend the pool does not know is as good as no pin, but counts as invalid.
     let afresh = match (pin, pinned) {
-        (Pin::None, _) => Outcome::New,
-        (Pin::Valid { .. }, Some(_)) => Outcome::Repinned,
+        (CookiePin::None, _) => Outcome::New,
+        (CookiePin::Valid { .. }, Some(_)) => Outcome::Repinned,
         _ => Outcome::Invalid,
     };
     if let Some(room) = room {
@@ -280,7 +238,7 @@ fn room_backend_in<'a>(
 mod tests {
     use super::*;
     use crate::config::{HealthConfig, PoolConfig};
-    use crate::pool::Backend;
+    use crate::state::backend::Backend;
     use std::time::Duration;
 
     fn pool(n: usize) -> Pool {
@@ -318,8 +276,8 @@ mod tests {
         )
     }
 
-    fn valid(id: &str) -> Pin<'_> {
-        Pin::Valid {
+    fn valid(id: &str) -> CookiePin<'_> {
+        CookiePin::Valid {
             backend: id,
             refresh: false,
         }
@@ -345,7 +303,7 @@ mod tests {
         // New users avoid it.
         for _ in 0..6 {
             assert_ne!(
-                &*place(&p, Pin::None, None, WhenDown::Repin)
+                &*place(&p, CookiePin::None, None, WhenDown::Repin)
                     .expect("placed")
                     .member
                     .backend
@@ -383,7 +341,7 @@ mod tests {
             Outcome::Invalid
         );
         assert_eq!(
-            place(&p, Pin::Invalid, None, WhenDown::Reject)
+            place(&p, CookiePin::Invalid, None, WhenDown::Reject)
                 .expect("placed")
                 .outcome,
             Outcome::Invalid
@@ -399,14 +357,14 @@ mod tests {
             .flat_map(|m| [m.backend.open_session(), m.backend.open_session()])
             .collect();
         assert_eq!(
-            place(&p, Pin::None, None, WhenDown::Repin).err(),
+            place(&p, CookiePin::None, None, WhenDown::Repin).err(),
             Some(Rejection::Full)
         );
         for m in &p.members {
             m.backend.set_up(false);
         }
         assert_eq!(
-            place(&p, Pin::None, None, WhenDown::Repin).err(),
+            place(&p, CookiePin::None, None, WhenDown::Repin).err(),
             Some(Rejection::NoBackend)
         );
     }
@@ -416,7 +374,7 @@ mod tests {
         let p = pool(3);
         let home = place(
             &p,
-            Pin::None,
+            CookiePin::None,
             Some(Room {
                 name: "standup",
                 live_on: None,
@@ -432,7 +390,7 @@ mod tests {
             assert_eq!(
                 place(
                     &p,
-                    Pin::None,
+                    CookiePin::None,
                     Some(Room {
                         name: "standup",
                         live_on: None
@@ -485,7 +443,7 @@ mod tests {
             name: "big",
             live_on: None,
         });
-        let home = place(&p, Pin::None, room, WhenDown::Repin)
+        let home = place(&p, CookiePin::None, room, WhenDown::Repin)
             .expect("placed")
             .member;
         let _busy: Vec<_> = (0..10).map(|_| home.backend.start_request()).collect();
@@ -493,7 +451,7 @@ mod tests {
             name: "big",
             live_on: Some(&home.backend.id),
         });
-        let got = place(&p, Pin::None, live, WhenDown::Repin)
+        let got = place(&p, CookiePin::None, live, WhenDown::Repin)
             .expect("placed")
             .member;
         assert!(std::ptr::eq(home, got));
@@ -504,7 +462,7 @@ mod tests {
         let p = pool(3);
         let home = place(
             &p,
-            Pin::None,
+            CookiePin::None,
             Some(Room {
                 name: "big",
                 live_on: None,
@@ -516,7 +474,7 @@ mod tests {
         let _busy: Vec<_> = (0..10).map(|_| home.backend.start_request()).collect();
         let moved = place(
             &p,
-            Pin::None,
+            CookiePin::None,
             Some(Room {
                 name: "big",
                 live_on: None,

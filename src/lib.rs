@@ -1,41 +1,57 @@
 //! rtcgate: a Layer-7 sticky reverse proxy for pools of WebRTC media and signalling servers.
 //!
-//! The map, in the order a request meets it:
+//! The map, layer by layer, bottom first. Imports run downward only and no modules import each
+//! other in a cycle (`tests/it/layers.rs` checks both, and names the modules of any breach).
 //!
-//! | module | owns |
-//! |---|---|
-//! | [`config`] | `proxy.toml` → validated, typed [`config::Config`]; errors name the key |
-//! | [`tls`] | certificates → `rustls::ServerConfig` (ALPN, SNI) |
-//! | [`server`] | accept loops, per-connection tasks, client-side limits, graceful shutdown |
-//! | [`proxy`] | one request: route → place → forward → respond; header hygiene; error mapping |
-//! | [`tunnel`] | WebSocket upgrades (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT) and the byte pump |
-//! | [`upstream`] | keep-alive HTTP/1.1 connections to backends, one pool per worker |
-//! | [`balance`] | placement over a snapshot's pool; no I/O |
-//! | [`snapshot`] | the immutable config-derived view swapped whole by `arc_swap` |
-//! | [`sticky`] | the signed session cookie: sign, verify, rotate, strip, Set-Cookie |
-//! | [`reload`] | reload triggers (file watch, SIGHUP) and the drain ticker for removed backends |
-//! | [`metrics`] | the owned Prometheus registry, every metric name and handle |
-//! | [`pool`] | backend runtime state and the registry that outlives snapshots |
-//! | [`admin`] | the admin listener: metrics, status JSON and page, drain/maint/enable, reload |
-//! | [`health`] | active health checks and rise/fall; passive failures feed the same counters |
-//! | [`demo`] | built-in demo backends for `rtcgate demo` and the tests |
+//! | layer | module | owns |
+//! |---|---|---|
+//! | foundations | [`config`] | `proxy.toml` → validated, typed [`config::Config`]; errors name the key |
+//! | | [`metrics`] | the owned Prometheus registry: every metric name, label value and recorder |
+//! | | [`settings`] | what config compiles into for serving: rustls config, hyper builders |
+//! | | [`sticky`] | the signed session cookie's format: sign, verify, rotate, strip, Set-Cookie |
+//! | state | [`state`] | backends' runtime state, the registry that outlives snapshots, live rooms, the snapshot, and [`state::Shared`] |
+//! | placement | [`balance`] | which backend takes a request: rooms, pins, least load; no I/O |
+//! | data path | [`proxy`] | one request: route → place → forward → respond; tunnels; the upstream pool |
+//! | | [`server`] | listeners, worker threads, one connection's TLS, HTTP and limits; shutdown order |
+//! | control plane | [`control`] | [`control::runtime::Runtime`]: reload, admin states, drains, health checks, admin API |
+//! | edges | [`run`] (here) | composes the data path and the control plane |
+//! | | [`demo`] | built-in demo backends for `rtcgate demo` and the tests |
 //!
 //! `main.rs` is the thin binary: CLI, logging, exit codes.
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod balance;
 pub mod config;
+pub mod control;
 pub mod demo;
-pub mod health;
 pub mod metrics;
-pub mod pool;
 pub mod proxy;
-pub mod reload;
 pub mod server;
-pub mod snapshot;
+pub mod settings;
+pub mod state;
 pub mod sticky;
-pub mod tls;
-pub mod tunnel;
-pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::control::runtime::Runtime;
+use crate::server::Listeners;
+
+/// Serves `listeners` with `runtime`'s configuration until `shutdown` completes, then shuts
+/// down gracefully (see [`server::run`]) and returns.
+///
+/// The control plane (health checks, reload triggers, the admin API on `listeners.admin`) starts
+/// first, so the first requests find checked backends and the admin API answers as soon as
+/// traffic does; it stops once the workers have.
+pub async fn run(
+    listeners: Listeners,
+    runtime: Arc<Runtime>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let (traffic, admin) = listeners.split();
+    let control = runtime.start(admin)?;
+    let served = server::run(traffic, runtime.shared().clone(), shutdown).await;
+    drop(control);
+    served
+}

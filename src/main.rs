@@ -8,9 +8,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rtcgate::config::Config;
+use rtcgate::control::runtime::Runtime;
 use rtcgate::demo::DemoBackend;
-use rtcgate::proxy::Proxy;
-use rtcgate::server::{self, Listeners};
+use rtcgate::server::Listeners;
 
 // The one exception to safe code: the allocator adapter (a measured 0.9 % of the instructions
 // per proxied request; see the module).
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    if let Err(e) = rtcgate::tls::server_config(&config) {
+    if let Err(e) = rtcgate::settings::tls::server_config(&config) {
         return fail(&e);
     }
     let demo = match cli.command {
@@ -89,14 +89,14 @@ fn main() -> ExitCode {
         Some(Command::DemoBackend { .. }) | None => false,
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let tokio = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => return fail(&e),
     };
-    match runtime.block_on(run(config, demo)) {
+    match tokio.block_on(run(config, demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }
@@ -127,13 +127,13 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     }
     // 3. Build the runtime state, then bind.
     let listen = config.listen.clone();
-    let proxy = Proxy::new(config)?;
+    let runtime = Runtime::new(config)?;
     let listeners = Listeners::bind(&listen).await?;
     if let Some(a) = listen.https {
         tracing::info!("try: curl -k https://localhost:{}/", a.port());
     }
     // 4. Serve until SIGTERM or SIGINT.
-    server::run(listeners, proxy, shutdown_signal()).await?;
+    rtcgate::run(listeners, runtime, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,10 +1,12 @@
-//! The owned Prometheus registry and every metric handle; all metric names live here.
+//! The owned Prometheus registry and every metric handle; all metric names, and the label values
+//! of the contract (`outcome`, `reason`, `state`), live here. It imports no other module of
+//! rtcgate: the layers above hand it plain values.
 //!
 //! Hot-path handles are resolved ahead of time: per backend when the backend is created
 //! ([`BackendMetrics`]), per pool when a snapshot is built ([`PoolMetrics`]). A request then
 //! costs a few atomic adds. Gauges that mirror runtime state (up, sessions, state) are set from
-//! that state at scrape time, so they are exact and cost nothing per request. Series of removed
-//! backends are removed.
+//! that state at scrape time ([`Metrics::render`] takes it as [`BackendGauges`]), so they are
+//! exact and cost nothing per request. Series of removed backends are removed.
 
 use std::sync::{Mutex, OnceLock};
 
@@ -13,9 +15,76 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::balance::{Outcome, Rejection};
-use crate::pool::{AdminState, Backend};
-use crate::snapshot::Snapshot;
+/// Why no backend could take a request: the `reason` label of `rtcgate_rejected_total`.
+/// Placement (`balance.rs`) decides it; the handler maps it to the client's 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Backends are up, but every one is at its `max_sessions`.
+    Full,
+    /// No backend is up and enabled.
+    NoBackend,
+    /// The pinned backend is down and `when_down = "reject"`.
+    Down,
+}
+
+impl Rejection {
+    const ALL: [Rejection; 3] = [Rejection::Full, Rejection::NoBackend, Rejection::Down];
+
+    /// The `reason` label of `rtcgate_rejected_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Full => "full",
+            Rejection::NoBackend => "no_backend",
+            Rejection::Down => "down",
+        }
+    }
+}
+
+/// What happened to a request's pin: the `outcome` label of `rtcgate_sticky_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No cookie: placed afresh.
+    New,
+    /// The cookie's backend took the request.
+    Hit,
+    /// A valid pin moved: its backend was down, or the room lives elsewhere.
+    Repinned,
+    /// A cookie that did not verify, or named no backend of the pool: placed afresh.
+    Invalid,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 4] = [
+        Outcome::New,
+        Outcome::Hit,
+        Outcome::Repinned,
+        Outcome::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::New => "new",
+            Outcome::Hit => "hit",
+            Outcome::Repinned => "repinned",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// The `state` label values of `rtcgate_backend_state`.
+pub const BACKEND_STATES: [&str; 4] = ["up", "down", "draining", "maint"];
+
+/// One backend's runtime state as the scrape-time gauges show it.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendGauges<'a> {
+    pub pool: &'a str,
+    pub id: &'a str,
+    pub up: bool,
+    pub sessions: u32,
+    pub inflight: u32,
+    /// One of [`BACKEND_STATES`].
+    pub state: &'static str,
+}
 
 /// Every rtcgate metric.
 pub struct Metrics {
@@ -35,8 +104,8 @@ pub struct Metrics {
     health_checks: IntCounterVec,
     upstream_connect_errors: IntCounterVec,
     pub config_reloads: IntCounterVec,
-    pub client_connections: IntGauge,
-    pub client_connections_total: IntCounterVec,
+    client_connections: IntGauge,
+    client_connections_total: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
     /// Client connections (and the tunnels they became) each worker thread serves; the
     /// accept loops balance on it.
@@ -136,17 +205,19 @@ impl Metrics {
             name: pool.to_string(),
             duration: self.request_duration.with_label_values(&[pool]),
             tunnel_duration: self.tunnel_duration.with_label_values(&[pool]),
-            sticky: [
-                Outcome::New,
-                Outcome::Hit,
-                Outcome::Repinned,
-                Outcome::Invalid,
-            ]
-            .map(|o| self.sticky.with_label_values(&[pool, o.as_str()])),
-            rejected: [Rejection::Full, Rejection::NoBackend, Rejection::Down]
-                .map(|r| self.rejected.with_label_values(&[pool, r.as_str()])),
+            sticky: Outcome::ALL.map(|o| self.sticky.with_label_values(&[pool, o.as_str()])),
+            rejected: Rejection::ALL.map(|r| self.rejected.with_label_values(&[pool, r.as_str()])),
             requests: self.requests.clone(),
         }
+    }
+
+    /// Counts a client connection accepted on `listener` ("https" or "http"), and holds it in
+    /// `rtcgate_client_connections` until the guard drops.
+    pub fn open_connection(&self, listener: &str) -> GaugeGuard {
+        self.client_connections_total
+            .with_label_values(&[listener])
+            .inc();
+        GaugeGuard::hold(&self.client_connections)
     }
 
     /// Removes every series of a backend that left the configuration.
@@ -166,8 +237,9 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of everything, with state gauges read from `snap`.
-    pub fn render(&self, snap: &Snapshot) -> String {
+    /// The Prometheus text exposition of everything, with the state gauges set from `backends`
+    /// (every backend the current snapshot lists).
+    pub fn render<'a>(&self, backends: impl IntoIterator<Item = BackendGauges<'a>>) -> String {
         let _one_at_a_time = self.render.lock().unwrap_or_else(|e| e.into_inner());
         for g in [
             &self.backend_up,
@@ -177,25 +249,21 @@ impl Metrics {
         ] {
             g.reset();
         }
-        for pool in &snap.pools {
-            for m in &pool.members {
-                let b = &m.backend;
-                let labels = [&*b.pool, &*b.id];
-                self.backend_up
-                    .with_label_values(&labels)
-                    .set(i64::from(b.is_up()));
-                self.backend_sessions
-                    .with_label_values(&labels)
-                    .set(i64::from(b.sessions()));
-                self.backend_inflight
-                    .with_label_values(&labels)
-                    .set(i64::from(b.inflight()));
-                for state in ["up", "down", "draining", "maint"] {
-                    let v = i64::from(state_name(b) == state);
-                    self.backend_state
-                        .with_label_values(&[&b.pool, &b.id, state])
-                        .set(v);
-                }
+        for b in backends {
+            let labels = [b.pool, b.id];
+            self.backend_up
+                .with_label_values(&labels)
+                .set(i64::from(b.up));
+            self.backend_sessions
+                .with_label_values(&labels)
+                .set(i64::from(b.sessions));
+            self.backend_inflight
+                .with_label_values(&labels)
+                .set(i64::from(b.inflight));
+            for state in BACKEND_STATES {
+                self.backend_state
+                    .with_label_values(&[b.pool, b.id, state])
+                    .set(i64::from(b.state == state));
             }
         }
         let mut out = Vec::new();
@@ -205,14 +273,20 @@ impl Metrics {
     }
 }
 
-/// A backend's state as `/status` and the metrics name it: maintenance, else health, else
-/// draining.
-pub fn state_name(b: &Backend) -> &'static str {
-    match (b.admin(), b.is_up()) {
-        (AdminState::Maint, _) => "maint",
-        (_, false) => "down",
-        (AdminState::Draining, true) => "draining",
-        (AdminState::Enabled, true) => "up",
+/// A gauge counted up while the guard lives: an open connection, a worker's load.
+#[derive(Debug)]
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub fn hold(gauge: &IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -278,22 +352,11 @@ impl std::fmt::Debug for PoolMetrics {
 
 impl PoolMetrics {
     pub fn sticky(&self, outcome: Outcome) {
-        let i = match outcome {
-            Outcome::New => 0,
-            Outcome::Hit => 1,
-            Outcome::Repinned => 2,
-            Outcome::Invalid => 3,
-        };
-        self.sticky[i].inc();
+        self.sticky[outcome as usize].inc();
     }
 
     pub fn rejected(&self, reason: Rejection) {
-        let i = match reason {
-            Rejection::Full => 0,
-            Rejection::NoBackend => 1,
-            Rejection::Down => 2,
-        };
-        self.rejected[i].inc();
+        self.rejected[reason as usize].inc();
     }
 
     /// Counts a request answered without a backend (rejected, malformed).

@@ -53,7 +53,7 @@ impl std::fmt::Debug for StickyCookie {
 
 /// What a request's cookie says about its pin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pin<'a> {
+pub enum CookiePin<'a> {
     /// No cookie of ours.
     None,
     /// A cookie of ours that does not verify: forged, tampered, truncated, expired, unknown key.
@@ -123,31 +123,31 @@ impl StickyCookie {
     }
 
     /// Verifies a token for `pool` at time `now` (unix seconds).
-    pub fn verify<'t>(&self, pool: &str, token: &'t str, now: u64) -> Pin<'t> {
+    pub fn verify<'t>(&self, pool: &str, token: &'t str, now: u64) -> CookiePin<'t> {
         let mut parts = token.splitn(4, ':');
         let (Some(kid), Some(backend), Some(expiry), Some(tag)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Pin::Invalid;
+            return CookiePin::Invalid;
         };
         let Some((_, key)) = self.keys.iter().find(|(id, _)| id == kid) else {
-            return Pin::Invalid;
+            return CookiePin::Invalid;
         };
         let Ok(exp) = expiry.parse::<u64>() else {
-            return Pin::Invalid;
+            return CookiePin::Invalid;
         };
         // 32 bytes of tag are 43 base64 characters; anything else is not ours.
         let mut raw = [0u8; 33];
         match URL_SAFE_NO_PAD.decode_slice(tag, &mut raw) {
             Ok(32) => {}
-            _ => return Pin::Invalid,
+            _ => return CookiePin::Invalid,
         }
         let msg = self.tag(key, pool, kid, backend, expiry);
         if !bool::from(msg.as_ref().ct_eq(&raw[..32])) {
-            return Pin::Invalid;
+            return CookiePin::Invalid;
         }
         if exp != 0 && exp <= now {
-            return Pin::Invalid;
+            return CookiePin::Invalid;
         }
         // A token minted under another `max_age` (0 = session cookie) is re-issued under this one.
         let refresh = match self.max_age {
@@ -156,7 +156,7 @@ impl StickyCookie {
                 exp == 0 || exp - now < max_age.as_secs() / u64::from(REFRESH_WHEN_LEFT)
             }
         };
-        Pin::Valid { backend, refresh }
+        CookiePin::Valid { backend, refresh }
     }
 
     /// The pin carried by `headers` for `pool`: the first cookie of ours that verifies.
@@ -167,7 +167,7 @@ impl StickyCookie {
         pool: &str,
         now: u64,
         cached: impl Fn(&str) -> Option<&'c PinCache>,
-    ) -> Pin<'h> {
+    ) -> CookiePin<'h> {
         let mut seen = false;
         for value in self.values(headers) {
             seen = true;
@@ -178,20 +178,20 @@ impl StickyCookie {
             let backend = value.split(':').nth(1).unwrap_or("");
             if let Some(c) = cached(backend) {
                 if bool::from(c.token.as_bytes().ct_eq(value.as_bytes())) {
-                    return Pin::Valid {
+                    return CookiePin::Valid {
                         backend,
                         refresh: false,
                     };
                 }
             }
-            if let p @ Pin::Valid { .. } = self.verify(pool, value, now) {
+            if let p @ CookiePin::Valid { .. } = self.verify(pool, value, now) {
                 return p;
             }
         }
         if seen {
-            Pin::Invalid
+            CookiePin::Invalid
         } else {
-            Pin::None
+            CookiePin::None
         }
     }
 
@@ -349,7 +349,7 @@ mod tests {
         assert!(!t.contains("127.0.0.1"));
         assert_eq!(
             s.verify("media", &t, 5000),
-            Pin::Valid {
+            CookiePin::Valid {
                 backend: "media-2",
                 refresh: false
             }
@@ -362,16 +362,16 @@ mod tests {
         let t = s.sign("media", "media-2", 1000);
         assert_eq!(
             s.verify("media", &t.replace("media-2", "media-3"), 1000),
-            Pin::Invalid
+            CookiePin::Invalid
         );
         assert_eq!(
             s.verify("other-pool", &t, 1000),
-            Pin::Invalid,
+            CookiePin::Invalid,
             "bound to the pool"
         );
         assert_eq!(
             s.verify("media", &t[..t.len() - 1], 1000),
-            Pin::Invalid,
+            CookiePin::Invalid,
             "truncated"
         );
         let mut flipped = t.clone().into_bytes();
@@ -383,10 +383,10 @@ mod tests {
                 &String::from_utf8(flipped).unwrap_or_default(),
                 1000
             ),
-            Pin::Invalid
+            CookiePin::Invalid
         );
-        assert_eq!(s.verify("media", "garbage", 1000), Pin::Invalid);
-        assert_eq!(s.verify("media", "k1:media-2:0:", 1000), Pin::Invalid);
+        assert_eq!(s.verify("media", "garbage", 1000), CookiePin::Invalid);
+        assert_eq!(s.verify("media", "k1:media-2:0:", 1000), CookiePin::Invalid);
     }
 
     #[test]
@@ -396,7 +396,7 @@ mod tests {
         let t = old.sign("media", "m1", 0);
         assert_eq!(
             rotated.verify("media", &t, 0),
-            Pin::Valid {
+            CookiePin::Valid {
                 backend: "m1",
                 refresh: false
             }
@@ -405,7 +405,7 @@ mod tests {
         let dropped = sticky(&[("k2", S2)], 0);
         assert_eq!(
             dropped.verify("media", &t, 0),
-            Pin::Invalid,
+            CookiePin::Invalid,
             "unknown key id"
         );
     }
@@ -416,19 +416,19 @@ mod tests {
         let t = s.sign("media", "m1", 1000);
         assert_eq!(
             s.verify("media", &t, 1010),
-            Pin::Valid {
+            CookiePin::Valid {
                 backend: "m1",
                 refresh: false
             }
         );
         assert_eq!(
             s.verify("media", &t, 1060),
-            Pin::Valid {
+            CookiePin::Valid {
                 backend: "m1",
                 refresh: true
             }
         );
-        assert_eq!(s.verify("media", &t, 1100), Pin::Invalid);
+        assert_eq!(s.verify("media", &t, 1100), CookiePin::Invalid);
     }
 
     #[test]
@@ -458,7 +458,7 @@ mod tests {
         let pin = s.pin(&h, "media", 0, |_| None);
         assert_eq!(
             pin,
-            Pin::Valid {
+            CookiePin::Valid {
                 backend: "m1",
                 refresh: false
             }

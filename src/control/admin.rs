@@ -20,15 +20,19 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::state_name;
-use crate::pool::{AdminState, Backend};
-use crate::proxy::{AdminError, Proxy};
-use crate::snapshot::{Member, Snapshot};
+use crate::control::runtime::{AdminError, Runtime};
+use crate::metrics::BackendGauges;
+use crate::state::backend::{AdminState, Backend};
+use crate::state::snapshot::{Member, Snapshot};
 
 type Body = Full<Bytes>;
 
 /// Serves the admin API on `listener` until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+pub(super) async fn serve(
+    listener: TcpListener,
+    runtime: Arc<Runtime>,
+    shutdown: CancellationToken,
+) {
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -41,12 +45,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
             },
             _ = shutdown.cancelled() => return,
         };
-        let proxy = proxy.clone();
+        let runtime = runtime.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let proxy = proxy.clone();
-                async move { Ok::<_, Infallible>(route(&proxy, req).await) }
+                let runtime = runtime.clone();
+                async move { Ok::<_, Infallible>(route(&runtime, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -65,14 +69,14 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
     }
 }
 
-async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
+async fn route(runtime: &Runtime, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
     match segments.as_slice() {
-        [] => get_only(&method, || page(&proxy.snapshot())),
+        [] => get_only(&method, || page(&runtime.snapshot())),
         ["metrics"] => get_only(&method, || {
-            let text = proxy.metrics().render(&proxy.snapshot());
+            let text = render_metrics(runtime);
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -80,7 +84,7 @@ async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
             )
         }),
         ["status"] => get_only(&method, || {
-            json_reply(StatusCode::OK, status(proxy, &proxy.snapshot()))
+            json_reply(StatusCode::OK, status(runtime, &runtime.snapshot()))
         }),
         ["pools", pool, "backends", id, action] => {
             let state = match *action {
@@ -92,10 +96,10 @@ async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
             if method != Method::POST {
                 return not_allowed("POST");
             }
-            if let Some(denied) = authorize(proxy, &req) {
+            if let Some(denied) = authorize(runtime, &req) {
                 return denied;
             }
-            match proxy.set_admin_state(pool, id, state) {
+            match runtime.set_admin_state(pool, id, state) {
                 Ok(()) => {}
                 Err(AdminError::NoSuchBackend) => {
                     return json_reply(
@@ -110,7 +114,7 @@ async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
                     )
                 }
             }
-            let snap = proxy.snapshot();
+            let snap = runtime.snapshot();
             match snap.pool(pool).and_then(|p| p.member(id)) {
                 Some(member) => json_reply(StatusCode::OK, backend_json(member)),
                 None => json_reply(
@@ -123,10 +127,10 @@ async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
             if method != Method::POST {
                 return not_allowed("POST");
             }
-            if let Some(denied) = authorize(proxy, &req) {
+            if let Some(denied) = authorize(runtime, &req) {
                 return denied;
             }
-            match proxy.reload() {
+            match runtime.reload() {
                 Ok(()) => json_reply(StatusCode::OK, json!({ "result": "ok" })),
                 Err(e) => json_reply(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -138,6 +142,23 @@ async fn route(proxy: &Proxy, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
+/// `/metrics`, with the state gauges read from the current snapshot's backends.
+fn render_metrics(runtime: &Runtime) -> String {
+    let snap = runtime.snapshot();
+    let backends = snap.pools.iter().flat_map(|p| &p.members).map(|m| {
+        let b = &m.backend;
+        BackendGauges {
+            pool: &b.pool,
+            id: &b.id,
+            up: b.is_up(),
+            sessions: b.sessions(),
+            inflight: b.inflight(),
+            state: b.state_name(),
+        }
+    });
+    runtime.metrics().render(backends)
+}
+
 fn get_only(method: &Method, f: impl FnOnce() -> Response<Body>) -> Response<Body> {
     if method == Method::GET || method == Method::HEAD {
         f()
@@ -147,8 +168,8 @@ fn get_only(method: &Method, f: impl FnOnce() -> Response<Body>) -> Response<Bod
 }
 
 /// `None` when the request may mutate; otherwise the 401 to send.
-fn authorize(proxy: &Proxy, req: &Request<Incoming>) -> Option<Response<Body>> {
-    let snap = proxy.snapshot();
+fn authorize(runtime: &Runtime, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let snap = runtime.snapshot();
     let token = snap.config.admin.token.as_deref()?;
     let given = req
         .headers()
@@ -172,7 +193,7 @@ fn backend_json(m: &Member) -> serde_json::Value {
     json!({
         "id": &*b.id,
         "address": b.addr.to_string(),
-        "state": state_name(b),
+        "state": b.state_name(),
         "sessions": b.sessions(),
         "load": b.load(),
         "inflight": b.inflight(),
@@ -189,7 +210,7 @@ fn backend_json(m: &Member) -> serde_json::Value {
 }
 
 /// Every pool and backend, as `GET /status` answers.
-pub fn status(proxy: &Proxy, snap: &Snapshot) -> serde_json::Value {
+pub fn status(runtime: &Runtime, snap: &Snapshot) -> serde_json::Value {
     let pools: Vec<_> = snap
         .pools
         .iter()
@@ -200,7 +221,7 @@ pub fn status(proxy: &Proxy, snap: &Snapshot) -> serde_json::Value {
             })
         })
         .collect();
-    let reload = proxy.reload_status();
+    let reload = runtime.reload_status();
     let at = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
     json!({
         "pools": pools,
@@ -217,7 +238,7 @@ fn page(snap: &Snapshot) -> Response<Body> {
     for p in &snap.pools {
         for m in &p.members {
             let b = &m.backend;
-            let state = state_name(b);
+            let state = b.state_name();
             let shown = if b.drained() { "drained" } else { state };
             rows.push_str(&format!(
                 "<tr><td>{pool}</td><td class=\"id\">{id}</td><td>{addr}</td>\

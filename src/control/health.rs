@@ -1,8 +1,8 @@
 //! Active health checks: one task per backend, probing at once and then every `interval` (with a
-//! little jitter so a pool's checks do not beat in step), each probe under `timeout`. Results feed
-//! the backend's rise/fall counters ([`crate::pool::Backend::record_check`]), which passive
-//! failures seen by `proxy.rs` feed too. Checks go on for draining and maintenance backends, so
-//! their health is known before they are enabled again.
+//! little jitter so a pool's checks do not beat in step), each probe under `timeout`. Results are
+//! recorded by [`Backend::record_health`], the one place that also records the failures the
+//! data path sees (passive checks) and logs the transitions. Checks go on for draining and
+//! maintenance backends, so their health is known before they are enabled again.
 //!
 //! [`HealthCheckers::sync`] makes the running checkers match a snapshot: a backend that stays
 //! with the same settings keeps its checker (and its counters); one that leaves loses it.
@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request};
@@ -20,8 +20,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::HealthConfig;
-use crate::pool::{Backend, CheckRecord};
-use crate::snapshot::Snapshot;
+use crate::state::backend::{Backend, Check};
+use crate::state::snapshot::Snapshot;
 
 type Key = (Arc<str>, Arc<str>, SocketAddr);
 
@@ -83,29 +83,17 @@ async fn check_loop(backend: Arc<Backend>, config: HealthConfig, stop: Cancellat
             r = probe(backend.addr, &config) => r,
             _ = stop.cancelled() => return,
         };
-        let passed = result.is_ok();
-        let detail = match result {
-            Ok(d) | Err(d) => d,
+        let check = match result {
+            Ok(detail) => Check::Probe {
+                passed: true,
+                detail,
+            },
+            Err(detail) => Check::Probe {
+                passed: false,
+                detail,
+            },
         };
-        if passed {
-            backend.metrics.checks_pass.inc();
-        } else {
-            backend.metrics.checks_fail.inc();
-        }
-        match backend.record_check(passed, config.rise, config.fall) {
-            Some(true) => {
-                tracing::info!(pool = %backend.pool, backend = %backend.id, %detail, "backend is up")
-            }
-            Some(false) => {
-                tracing::warn!(pool = %backend.pool, backend = %backend.id, %detail, "backend is down")
-            }
-            None => {}
-        }
-        backend.set_last_check(CheckRecord {
-            at: SystemTime::now(),
-            passed,
-            detail,
-        });
+        backend.record_health(check, config.rise, config.fall);
         tokio::select! {
             _ = tokio::time::sleep(jittered(config.interval)) => {}
             _ = stop.cancelled() => return,

@@ -1,35 +1,135 @@
-//! What triggers a reload: the config file (and certificate files) changing on disk, SIGHUP,
-//! and `POST /reload` (in `admin.rs`). Also the ticker that ends the drain of removed backends.
+//! Reloading the configuration, and what triggers it: the config file (and certificate files)
+//! changing on disk, SIGHUP, and `POST /reload` (in `admin.rs`). Also the ticker that ends the
+//! drain of removed backends.
 //!
-//! Building and swapping the snapshot is `Proxy::reload`'s; this file only decides when. The
-//! watcher watches the files' folders, not the files, so that editors and tools that write a
-//! new file and rename it over the old one are seen; bursts of events are coalesced into one
-//! reload after a short quiet period.
+//! [`Runtime::reload`] validates the new file and the certificates it names, builds a snapshot
+//! that reuses the registry's backends, publishes it, and brings the connection slots and health
+//! checkers in line; a bad file changes nothing. The watcher watches the files' folders, not the
+//! files, so that editors and tools that write a new file and rename it over the old one are
+//! seen; bursts of events are coalesced into one reload after a short quiet period.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use notify::{RecursiveMode, Watcher};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
-use crate::proxy::Proxy;
+use crate::config::{Config, ConfigError};
+use crate::control::runtime::{ReloadStatus, Runtime};
+use crate::state::snapshot::Snapshot;
+
+impl Runtime {
+    /// Re-reads the configuration file and, when it is valid, swaps in a snapshot built from
+    /// it: backends that stay keep their state, counters, tunnels and metric series; removed
+    /// ones drain. A bad file changes nothing: the error is logged, counted and kept for
+    /// `/status`, and returned. Listener addresses and `workers` are fixed at start; a change
+    /// to them is logged as needing a restart, and the rest of the file is applied.
+    pub fn reload(&self) -> Result<(), String> {
+        let mut status = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.shared().snapshot_full();
+        let loaded = Config::load(&current.config.source).and_then(|config| {
+            let tls = crate::settings::tls::server_config(&config)?;
+            // The HTTPS listener keeps running whatever the file says; it needs certificates.
+            if current.config.listen.https.is_some() && tls.is_none() {
+                return Err(ConfigError {
+                    file: config.source.clone(),
+                    key: "tls".into(),
+                    msg:
+                        "the https listener is running and needs [tls]; removing it takes a restart"
+                            .into(),
+                });
+            }
+            Ok((config, tls))
+        });
+        let (config, tls) = match loaded {
+            Ok(ok) => ok,
+            Err(e) => {
+                let e = e.to_string();
+                tracing::error!(error = %e, "reload failed; the running configuration stays");
+                self.metrics()
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                status.last_error = Some((SystemTime::now(), e.clone()));
+                return Err(e);
+            }
+        };
+        needs_restart(&current.config, &config);
+        // What cannot change while running stays as it is, so /status tells the truth.
+        let mut config = config;
+        config.listen = current.config.listen.clone();
+        config.limits.workers = current.config.limits.workers;
+        config.limits.pin_workers = current.config.limits.pin_workers;
+        let max_connections = config.limits.max_connections;
+        let snap = Arc::new(Snapshot::assemble(config, tls, &self.registry));
+        self.shared().publish(snap.clone());
+        self.resize_connection_slots(max_connections);
+        self.health.sync(&snap);
+        self.metrics()
+            .config_reloads
+            .with_label_values(&["ok"])
+            .inc();
+        status.last_ok = Some(SystemTime::now());
+        let backends: usize = snap.pools.iter().map(|p| p.members.len()).sum();
+        tracing::info!(pools = snap.pools.len(), backends, "configuration reloaded");
+        Ok(())
+    }
+
+    /// Ends the drain of removed backends whose `drain_timeout` is over, and lists the rest.
+    fn expire_leaving(&self) {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        if self.registry.expire(std::time::Instant::now()) == 0 {
+            return;
+        }
+        let snap = Arc::new(self.snapshot().rebuild(&self.registry));
+        self.shared().publish(snap.clone());
+        self.health.sync(&snap);
+    }
+
+    /// The last reload's outcome.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reloading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Logs the settings that a reload cannot apply to running listeners and workers.
+fn needs_restart(old: &Config, new: &Config) {
+    let listeners = [
+        ("listen.https", old.listen.https, new.listen.https),
+        ("listen.http", old.listen.http, new.listen.http),
+        ("listen.admin", old.listen.admin, new.listen.admin),
+    ];
+    for (key, was, now) in listeners {
+        if was != now {
+            tracing::warn!(key, ?was, ?now, "a listener address changed: restart rtcgate to apply it; the rest of the configuration was applied");
+        }
+    }
+    if old.limits.workers != new.limits.workers {
+        tracing::warn!(key = "limits.workers", "the worker count changed: restart rtcgate to apply it; the rest of the configuration was applied");
+    }
+    if old.limits.pin_workers != new.limits.pin_workers {
+        tracing::warn!(key = "limits.pin_workers", "the worker pinning changed: restart rtcgate to apply it; the rest of the configuration was applied");
+    }
+}
 
 /// How long the files must stay quiet after a change before the reload runs.
 const SETTLE: Duration = Duration::from_millis(200);
 
 /// Starts the file watcher, the SIGHUP handler and the drain ticker; they stop with `stop`.
-pub fn start(proxy: Arc<Proxy>, stop: CancellationToken) {
-    match watch_files(proxy.clone(), stop.clone()) {
+pub(super) fn start(runtime: Arc<Runtime>, stop: CancellationToken) {
+    match watch_files(runtime.clone(), stop.clone()) {
         Ok(()) => {}
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /reload")
         }
     }
-    tokio::spawn(on_sighup(proxy.clone(), stop.clone()));
-    tokio::spawn(drain_ticker(proxy, stop));
+    tokio::spawn(on_sighup(runtime.clone(), stop.clone()));
+    tokio::spawn(drain_ticker(runtime, stop));
 }
 
 /// The files whose change triggers a reload: the config and every certificate and key in it.
@@ -55,8 +155,8 @@ fn canonical(path: &Path) -> Option<PathBuf> {
     Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
 }
 
-fn watch_files(proxy: Arc<Proxy>, stop: CancellationToken) -> notify::Result<()> {
-    let files: HashSet<PathBuf> = watched_files(&proxy.snapshot().config)
+fn watch_files(runtime: Arc<Runtime>, stop: CancellationToken) -> notify::Result<()> {
+    let files: HashSet<PathBuf> = watched_files(&runtime.snapshot().config)
         .iter()
         .filter_map(|f| canonical(f))
         .collect();
@@ -93,13 +193,13 @@ fn watch_files(proxy: Arc<Proxy>, stop: CancellationToken) -> notify::Result<()>
             // Coalesce a burst (write, rename, chmod, …) into one reload.
             while let Ok(Some(())) = tokio::time::timeout(SETTLE, rx.recv()).await {}
             tracing::info!("configuration files changed: reloading");
-            let _ = proxy.reload();
+            let _ = runtime.reload();
         }
     });
     Ok(())
 }
 
-async fn on_sighup(proxy: Arc<Proxy>, stop: CancellationToken) {
+async fn on_sighup(runtime: Arc<Runtime>, stop: CancellationToken) {
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -111,19 +211,19 @@ async fn on_sighup(proxy: Arc<Proxy>, stop: CancellationToken) {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading");
-                let _ = proxy.reload();
+                let _ = runtime.reload();
             }
             _ = stop.cancelled() => return,
         }
     }
 }
 
-async fn drain_ticker(proxy: Arc<Proxy>, stop: CancellationToken) {
+async fn drain_ticker(runtime: Arc<Runtime>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => proxy.expire_leaving(),
+            _ = tick.tick() => runtime.expire_leaving(),
             _ = stop.cancelled() => return,
         }
     }

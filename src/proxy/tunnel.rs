@@ -8,7 +8,7 @@
 //! The pump holds no buffer while a tunnel is idle: it reads into one scratch buffer per worker
 //! thread and writes straight on; only bytes the other side cannot take yet are copied into a
 //! buffer of their own, freed as soon as they drain. Placement, cookies and counting belong to
-//! `proxy.rs`; the session guard simply lives as long as the pump.
+//! the handler (`handler.rs`); the session guard simply lives as long as the pump.
 
 use std::cell::RefCell;
 use std::future::Future;

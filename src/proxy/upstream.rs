@@ -4,7 +4,7 @@
 //! client: checkout is a lock-free-in-practice pop from a per-worker list keyed by address, no
 //! task is spawned per request to watch for the connection's return, and a request that meets a
 //! connection the backend had just closed comes back unsent and is retried once on a fresh one.
-//! Placement is not decided here; `proxy.rs` names the address.
+//! Placement is not decided here; the handler names the address.
 
 use std::collections::VecDeque;
 use std::io;
@@ -22,7 +22,9 @@ use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
 
 use crate::config::Limits;
-use crate::proxy::UpstreamBody;
+
+/// Body sent to backends: the client's, or empty for requests rtcgate makes or replays.
+pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
 
 /// Why a request could not be sent to, or answered by, a backend.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 //!
 //! Built from a validated [`Config`] and kept in the snapshot, so a reload swaps certificates for
 //! new handshakes while existing connections keep theirs. The handshake itself (and its timeout)
-//! belongs to `server.rs`.
+//! belongs to `server::connection`.
 
 use std::collections::HashMap;
 use std::path::Path;

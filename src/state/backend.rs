@@ -1,15 +1,17 @@
-//! Backend runtime state, and the registry that keeps it across reloads.
+//! One backend server's runtime state: health, admin state, the counters placement reads, and
+//! the guards that keep those counters exact.
 //!
 //! A [`Backend`] is shared (`Arc`) by every snapshot that lists it and by every request and
-//! tunnel using it, so health, admin state and counters survive a reload. The registry is keyed
-//! by (pool, backend id, address): a backend whose address changes is a new backend. Placement
-//! reads these counters (`balance.rs`); nothing here decides where a request goes.
+//! tunnel using it, so health, admin state and counters survive a reload (the registry,
+//! `registry.rs`, keeps it). Every health result, from an active probe or a failure the data
+//! path saw, is recorded here by [`Backend::record_health`], which also logs the transitions.
+//! Placement reads these counters (`balance.rs`); nothing here decides where a request goes.
 
-use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
@@ -51,6 +53,14 @@ pub struct Backend {
     admin_generation: AtomicU64,
     /// No longer in the configuration: draining until its pool's `drain_timeout`.
     removed: AtomicBool,
+}
+
+/// One health result.
+pub enum Check<'a> {
+    /// An active probe's, with what it saw (a status line, or the error).
+    Probe { passed: bool, detail: String },
+    /// A request's connect or exchange failed (a passive check).
+    Failed(&'a dyn fmt::Display),
 }
 
 /// The outcome of one active health check.
@@ -115,13 +125,54 @@ impl Backend {
         self.removed.load(Ordering::Relaxed)
     }
 
+    /// Marks it as no longer listed (draining out), or listed again.
+    pub fn set_removed(&self, removed: bool) {
+        self.removed.store(removed, Ordering::Relaxed);
+    }
+
     /// Draining with nothing left on it: no tunnel, no request in flight.
     pub fn drained(&self) -> bool {
         self.admin() == AdminState::Draining && self.load() == 0
     }
 
-    /// Counts one check result toward `rise` or `fall`; returns the new health when it flipped.
-    pub fn record_check(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
+    /// Records one health result toward `rise` or `fall`, and logs the transition when the
+    /// backend's health flips. Returns the new health when it flipped.
+    pub fn record_health(&self, check: Check<'_>, rise: u32, fall: u32) -> Option<bool> {
+        let passed = match &check {
+            Check::Probe { passed, .. } => *passed,
+            Check::Failed(_) => false,
+        };
+        let flipped = self.count(passed, rise, fall);
+        let (pool, id) = (&*self.pool, &*self.id);
+        match (&check, flipped) {
+            (Check::Probe { detail, .. }, Some(true)) => {
+                tracing::info!(%pool, backend = %id, %detail, "backend is up");
+            }
+            (Check::Probe { detail, .. }, Some(false)) => {
+                tracing::warn!(%pool, backend = %id, %detail, "backend is down");
+            }
+            (Check::Failed(error), Some(false)) => {
+                tracing::warn!(%pool, backend = %id, %error, "backend is down (passive check)");
+            }
+            _ => {}
+        }
+        if let Check::Probe { passed, detail } = check {
+            if passed {
+                self.metrics.checks_pass.inc();
+            } else {
+                self.metrics.checks_fail.inc();
+            }
+            self.set_last_check(CheckRecord {
+                at: SystemTime::now(),
+                passed,
+                detail,
+            });
+        }
+        flipped
+    }
+
+    /// Counts one result; returns the new health when it flipped.
+    fn count(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
         let up = self.is_up();
         if passed {
             self.fails.store(0, Ordering::Relaxed);
@@ -141,7 +192,17 @@ impl Backend {
         None
     }
 
-    pub fn set_last_check(&self, record: CheckRecord) {
+    /// Its state as `/status` and the metrics name it: maintenance, else health, else draining.
+    pub fn state_name(&self) -> &'static str {
+        match (self.admin(), self.is_up()) {
+            (AdminState::Maint, _) => "maint",
+            (_, false) => "down",
+            (AdminState::Draining, true) => "draining",
+            (AdminState::Enabled, true) => "up",
+        }
+    }
+
+    fn set_last_check(&self, record: CheckRecord) {
         *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
     }
 
@@ -215,217 +276,5 @@ pub struct Session(Arc<Backend>);
 impl Drop for Session {
     fn drop(&mut self) {
         self.0.sessions.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Rooms with open tunnels in this instance, and where they are: a room stays on its backend
-/// while it has tunnels there, whatever the load its own sessions add.
-#[derive(Debug, Default)]
-pub struct LiveRooms {
-    pools: Mutex<HashMap<Arc<str>, RoomsOfPool>>,
-}
-
-/// Room name → (backend id, open tunnels).
-type RoomsOfPool = HashMap<String, (Arc<str>, u32)>;
-
-impl LiveRooms {
-    /// The backend holding `room`'s tunnels, if it has any open.
-    pub fn backend_of(&self, pool: &str, room: &str) -> Option<Arc<str>> {
-        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.get(pool)?.get(room).map(|(id, _)| id.clone())
-    }
-
-    /// Counts one tunnel of `room` on `backend` until the guard drops.
-    pub fn enter(self: &Arc<Self>, backend: &Backend, room: &str) -> RoomTunnel {
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let rooms = pools.entry(backend.pool.clone()).or_default();
-        let entry = rooms
-            .entry(room.to_string())
-            .or_insert_with(|| (backend.id.clone(), 0));
-        // A room that moved (its backend failed) follows its newest tunnel.
-        if entry.0 != backend.id {
-            *entry = (backend.id.clone(), 0);
-        }
-        entry.1 += 1;
-        RoomTunnel {
-            rooms: self.clone(),
-            pool: backend.pool.clone(),
-            backend: backend.id.clone(),
-            room: room.to_string(),
-        }
-    }
-}
-
-/// One open tunnel of a room; dropping it ends the count.
-#[derive(Debug)]
-pub struct RoomTunnel {
-    rooms: Arc<LiveRooms>,
-    pool: Arc<str>,
-    backend: Arc<str>,
-    room: String,
-}
-
-impl Drop for RoomTunnel {
-    fn drop(&mut self) {
-        let mut pools = self.rooms.pools.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(rooms) = pools.get_mut(&*self.pool) else {
-            return;
-        };
-        if let Some(entry) = rooms.get_mut(&self.room) {
-            if entry.0 == self.backend {
-                entry.1 = entry.1.saturating_sub(1);
-                if entry.1 == 0 {
-                    rooms.remove(&self.room);
-                }
-            }
-        }
-        if rooms.is_empty() {
-            pools.remove(&*self.pool);
-        }
-    }
-}
-
-type Key = (String, String, SocketAddr);
-
-/// What a snapshot needs to list a backend.
-#[derive(Debug, Clone, Copy)]
-pub struct Wanted<'a> {
-    pub pool: &'a str,
-    pub id: &'a str,
-    pub addr: SocketAddr,
-    pub weight: u32,
-    pub max_sessions: u32,
-    /// Its pool's `drain_timeout`, should it leave later.
-    pub drain_timeout: Duration,
-}
-
-/// A backend the configuration no longer lists: it drains (its pinned users and tunnels keep
-/// working, it takes no new pins) until `until`, then its tunnels are closed and it is gone.
-#[derive(Debug, Clone)]
-pub struct Leaving {
-    pub backend: Arc<Backend>,
-    pub weight: u32,
-    pub max_sessions: u32,
-    pub until: Instant,
-}
-
-struct Kept {
-    backend: Arc<Backend>,
-    weight: u32,
-    max_sessions: u32,
-    drain_timeout: Duration,
-}
-
-#[derive(Default)]
-struct Backends {
-    live: HashMap<Key, Kept>,
-    leaving: HashMap<Key, Leaving>,
-}
-
-/// Backends by (pool, id, address), outliving snapshots, and the metrics they report to.
-pub struct Registry {
-    backends: Mutex<Backends>,
-    metrics: Arc<Metrics>,
-}
-
-impl Default for Registry {
-    fn default() -> Self {
-        Registry::new(Arc::new(Metrics::new()))
-    }
-}
-
-impl std::fmt::Debug for Registry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").finish_non_exhaustive()
-    }
-}
-
-impl Registry {
-    pub fn new(metrics: Arc<Metrics>) -> Registry {
-        Registry {
-            backends: Mutex::new(Backends::default()),
-            metrics,
-        }
-    }
-
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
-    /// Makes the registry list exactly `wanted`, reusing the state of backends that stay (or
-    /// come back while still leaving). Backends no longer wanted start leaving. Returns the
-    /// wanted backends in order, and every backend still leaving.
-    pub fn update(&self, wanted: &[Wanted<'_>]) -> (Vec<Arc<Backend>>, Vec<Leaving>) {
-        let mut all = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        let mut live = HashMap::with_capacity(wanted.len());
-        let mut kept = Vec::with_capacity(wanted.len());
-        for w in wanted {
-            let key = (w.pool.to_string(), w.id.to_string(), w.addr);
-            let backend = match all.live.remove(&key) {
-                Some(k) => k.backend,
-                None => match all.leaving.remove(&key) {
-                    Some(back) => {
-                        tracing::info!(pool = %w.pool, backend = %w.id, "backend listed again: it stops leaving");
-                        back.backend.removed.store(false, Ordering::Relaxed);
-                        if back.backend.admin() == AdminState::Draining {
-                            back.backend.set_admin(AdminState::Enabled);
-                        }
-                        back.backend
-                    }
-                    None => Backend::new(w.pool, w.id, w.addr, &self.metrics),
-                },
-            };
-            kept.push(backend.clone());
-            let k = Kept {
-                backend,
-                weight: w.weight,
-                max_sessions: w.max_sessions,
-                drain_timeout: w.drain_timeout,
-            };
-            live.insert(key, k);
-        }
-        let now = Instant::now();
-        for (key, gone) in std::mem::replace(&mut all.live, live) {
-            let b = &gone.backend;
-            tracing::info!(pool = %b.pool, backend = %b.id, addr = %b.addr, drain_timeout = ?gone.drain_timeout, "backend removed: draining");
-            b.removed.store(true, Ordering::Relaxed);
-            // A backend in maintenance stays out of traffic; any other drains.
-            if b.admin() != AdminState::Maint {
-                b.set_admin(AdminState::Draining);
-            }
-            all.leaving.insert(
-                key,
-                Leaving {
-                    backend: gone.backend,
-                    weight: gone.weight,
-                    max_sessions: gone.max_sessions,
-                    until: now + gone.drain_timeout,
-                },
-            );
-        }
-        (kept, all.leaving.values().cloned().collect())
-    }
-
-    /// Ends the drain of leaving backends whose time is up: closes their tunnels and removes
-    /// their metric series. Returns how many went.
-    pub fn expire(&self, now: Instant) -> usize {
-        let mut all = self.backends.lock().unwrap_or_else(|e| e.into_inner());
-        let before = all.leaving.len();
-        let Backends { live, leaving } = &mut *all;
-        leaving.retain(|_, l| {
-            if l.until > now {
-                return true;
-            }
-            let b = &l.backend;
-            tracing::info!(pool = %b.pool, backend = %b.id, sessions = b.sessions(), "removed backend's drain is over");
-            b.close_tunnels();
-            // A backend listed again under the same id (a new address) shares the series.
-            let shared = live.keys().any(|(p, i, _)| **p == *b.pool && **i == *b.id);
-            if !shared {
-                self.metrics.remove_backend(&b.metrics);
-            }
-            false
-        });
-        before - all.leaving.len()
     }
 }

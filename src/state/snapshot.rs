@@ -1,9 +1,10 @@
 //! The immutable, config-derived view of the world that each request reads once: pools, their
 //! members, routing by `Host`, and the TLS config.
 //!
-//! A snapshot is built whole from a validated config and swapped whole (`arc_swap`), so a request
-//! never sees half of a reload. Backend runtime state is not owned here but borrowed from the
-//! registry (`pool.rs`), which is what lets it survive the swap.
+//! A snapshot is built whole from a validated config and swapped whole (`arc_swap`, in
+//! [`Shared`](crate::state::Shared)), so a request never sees half of a reload. Backend runtime
+//! state is not owned here but borrowed from the registry (`registry.rs`), which is what lets it
+//! survive the swap. Deciding which member takes a request is `balance.rs`'s.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -13,8 +14,9 @@ use rustls::ServerConfig;
 
 use crate::config::{Config, ConfigError, HostPattern, PoolConfig};
 use crate::metrics::PoolMetrics;
-use crate::pool::{Backend, Registry, Wanted};
-use crate::server::HttpBuilders;
+use crate::settings::http::HttpBuilders;
+use crate::state::backend::Backend;
+use crate::state::registry::{Registry, Wanted};
 use crate::sticky::{PinCache, StickyCookie};
 
 /// A backend as one snapshot lists it: shared runtime state plus this config's settings for it.
@@ -93,7 +95,7 @@ impl Snapshot {
     /// Builds a snapshot of `config`, loading its certificates, and reusing the registry's
     /// state for backends that stay.
     pub fn build(config: Config, registry: &Registry) -> Result<Snapshot, ConfigError> {
-        let tls = crate::tls::server_config(&config)?;
+        let tls = crate::settings::tls::server_config(&config)?;
         Ok(Snapshot::assemble(config, tls, registry))
     }
 
@@ -214,5 +216,72 @@ impl Router {
             }
         }
         self.any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(hosts: &[&[&str]]) -> Router {
+        let pools: Vec<PoolConfig> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, hosts)| {
+                let mut toml = String::from(
+                    "[listen]\nhttp = \"127.0.0.1:0\"\n[sticky]\nkeys = [\"k:0123456789abcdef0123456789abcdef\"]\n",
+                );
+                toml.push_str(&format!("[pools.p{i}]\nhosts = {hosts:?}\n"));
+                Config::parse(&toml, std::path::Path::new("proxy.toml"))
+                    .expect("config")
+                    .pools
+                    .remove(0)
+            })
+            .collect();
+        Router::new(&pools)
+    }
+
+    /// Exact names first, then the longest `*.suffix`, then `*`; any case, no port.
+    #[test]
+    fn hosts_route_exact_then_longest_suffix_then_any() {
+        let r = router(&[
+            &["*"],
+            &["*.example.com"],
+            &["*.eu.example.com"],
+            &["rtc.eu.example.com", "Media.Example.org"],
+        ]);
+        assert_eq!(r.route("rtc.eu.example.com"), Some(3));
+        assert_eq!(
+            r.route("RTC.EU.Example.COM"),
+            Some(3),
+            "names match in any case"
+        );
+        assert_eq!(r.route("media.example.org"), Some(3));
+        assert_eq!(
+            r.route("sfu.eu.example.com"),
+            Some(2),
+            "the longest suffix wins"
+        );
+        assert_eq!(
+            r.route("a.b.example.com"),
+            Some(1),
+            "a suffix covers several labels"
+        );
+        assert_eq!(
+            r.route("example.com"),
+            Some(0),
+            "*.example.com needs a label before it"
+        );
+        assert_eq!(r.route("elsewhere.net"), Some(0));
+    }
+
+    /// Without `*`, a host no pattern covers has no pool (the client gets a 404).
+    #[test]
+    fn without_a_catch_all_an_unknown_host_has_no_pool() {
+        let r = router(&[&["rtc.example.com"], &["*.example.net"]]);
+        assert_eq!(r.route("rtc.example.com"), Some(0));
+        assert_eq!(r.route("x.example.net"), Some(1));
+        assert_eq!(r.route("example.net"), None);
+        assert_eq!(r.route("other.example.com"), None);
     }
 }

@@ -1,12 +1,10 @@
 //! Observability and control: /metrics, /status, drain/maint/enable, the token, the page.
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 use tokio::net::TcpStream;
 
 /// The value of the sample `name` whose labels include every pair of `labels`.
@@ -289,17 +287,17 @@ async fn posts_need_the_token_when_one_is_set() {
         post(&proxy, "/reload", None).await.status,
         StatusCode::UNAUTHORIZED
     );
-    let state = |p: &TestProxy| p.proxy.snapshot().pools[0].members[0].backend.admin();
+    let state = |p: &TestProxy| p.runtime.snapshot().pools[0].members[0].backend.admin();
     assert_eq!(
         state(&proxy),
-        rtcgate::pool::AdminState::Enabled,
+        rtcgate::state::backend::AdminState::Enabled,
         "a refused call changes nothing"
     );
     assert_eq!(
         post(&proxy, drain, Some("s3cret-token")).await.status,
         StatusCode::OK
     );
-    assert_eq!(state(&proxy), rtcgate::pool::AdminState::Draining);
+    assert_eq!(state(&proxy), rtcgate::state::backend::AdminState::Draining);
     assert_eq!(
         proxy.admin().await.get("/status").await.status,
         StatusCode::OK,

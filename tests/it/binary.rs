@@ -1,16 +1,14 @@
 //! The `rtcgate` binary end to end: it serves, reloads on SIGHUP, and exits 0 on SIGTERM after
 //! its grace period.
 
-mod support;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 use tokio::net::TcpStream;
 
 /// The address a log line reports after `key=` (`addr=127.0.0.1:41234`).

@@ -1,15 +1,13 @@
 //! Large bodies pass up and down intact, and streamed: a byte reaches the other side before the
 //! last one has been sent.
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use rtcgate::demo::{pattern, Fnv};
-use support::*;
 use tokio::sync::mpsc;
 
 const FIFTY_MB: u64 = 50 * 1000 * 1000;

@@ -1,12 +1,10 @@
 //! Bad configuration is refused with the key and the file named; `rtcgate check` says so too.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::*;
 use rtcgate::config::Config;
-use support::*;
 
 /// A good config in a folder with its certificates; returns (folder, text).
 fn good() -> (TestCerts, String) {
@@ -176,6 +174,6 @@ fn rtcgate_check_exits_zero_on_good_and_names_the_key_on_bad() {
 fn the_shipped_proxy_toml_is_valid() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let c = Config::load(&root.join("proxy.toml")).unwrap_or_else(|e| panic!("{e}"));
-    rtcgate::tls::server_config(&c).unwrap_or_else(|e| panic!("{e}"));
+    rtcgate::settings::tls::server_config(&c).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.pools[0].backends.len(), 3);
 }

@@ -1,12 +1,10 @@
 //! The front door: TLS with ALPN, forwarding, header hygiene, error mapping, limits, shutdown.
 
-mod support;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
+use crate::support::*;
 use http::{StatusCode, Version};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -1,13 +1,11 @@
 //! Health: active checks with rise/fall, passive ejection with retry, TCP checks, fail-open when
 //! everything is down, and drain to zero.
 
-mod support;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use http::StatusCode;
-use support::*;
 
 /// A pool checked every 100 ms, 50 ms per probe, two results to flip.
 const FAST: &str =
@@ -26,14 +24,14 @@ async fn a_failing_backend_is_ejected_within_fall_times_interval_and_comes_back_
     let backends = spawn_backends(2).await;
     let proxy = spawn_proxy(&with_health(&config_for(&backends, ""), FAST)).await;
     let b1 = proxy.backend_state("b1");
-    eventually("b1's first checks pass", || {
+    eventually("b1's first checks pass", async || {
         b1.last_check().is_some_and(|c| c.passed)
     })
     .await;
 
     backends[0].set_healthy(false);
     let started = Instant::now();
-    eventually("b1 marked down", || !b1.is_up()).await;
+    eventually("b1 marked down", async || !b1.is_up()).await;
     let took = started.elapsed();
     // fall × interval + timeout = 250 ms, with ±10 % jitter and a loaded machine's slack.
     eprintln!("ejection took {took:?} (fall × interval + timeout = 250ms)");
@@ -57,7 +55,7 @@ async fn a_failing_backend_is_ejected_within_fall_times_interval_and_comes_back_
     );
 
     backends[0].set_healthy(true);
-    eventually("b1 back up after rise passes", || b1.is_up()).await;
+    eventually("b1 back up after rise passes", async || b1.is_up()).await;
     let mut seen = HashSet::new();
     for _ in 0..6 {
         seen.insert(c.get("/").await.backend().to_string());
@@ -123,7 +121,7 @@ async fn a_tcp_check_pool_works() {
     let tcp = FAST.replace("interval", "path = \"\"\ninterval");
     let proxy = spawn_proxy(&with_health(&config_for(&backends, ""), &tcp)).await;
     let b1 = proxy.backend_state("b1");
-    eventually("b1 checked", || b1.last_check().is_some()).await;
+    eventually("b1 checked", async || b1.last_check().is_some()).await;
     assert_eq!(
         b1.last_check().map(|c| c.detail),
         Some("TCP connect".to_string())
@@ -134,7 +132,7 @@ async fn a_tcp_check_pool_works() {
         "a TCP check sends no HTTP request"
     );
     backends[0].kill();
-    eventually("b1 marked down", || !b1.is_up()).await;
+    eventually("b1 marked down", async || !b1.is_up()).await;
     let status = proxy.admin().await.get("/status").await.json();
     let b1_status = &status["pools"][0]["backends"][0];
     assert_eq!(b1_status["state"], "down");
@@ -152,7 +150,7 @@ async fn when_every_backend_fails_its_checks_traffic_fails_open() {
     for b in &backends {
         b.set_healthy(false);
     }
-    eventually("both marked down", || {
+    eventually("both marked down", async || {
         !proxy.backend_state("b1").is_up() && !proxy.backend_state("b2").is_up()
     })
     .await;
@@ -193,7 +191,7 @@ async fn a_draining_backends_tunnels_close_at_drain_timeout() {
     );
     closed(ws.ws()).await;
     let b = proxy.backend_state(&on);
-    eventually("the drained backend has no session left", || {
+    eventually("the drained backend has no session left", async || {
         b.sessions() == 0
     })
     .await;

@@ -1,15 +1,13 @@
 //! Hot reload: config edits picked up without a restart and without dropping a connection.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::support::*;
 use http::StatusCode;
 use rtcgate::demo::DemoBackend;
-use rtcgate::pool::AdminState;
-use support::*;
+use rtcgate::state::backend::AdminState;
 
 #[tokio::test]
 async fn an_added_backend_takes_new_users_soon_after_the_write() {
@@ -17,7 +15,7 @@ async fn an_added_backend_takes_new_users_soon_after_the_write() {
     let proxy = spawn_proxy(&config_for(&backends[..1], "")).await;
     let written = Instant::now();
     proxy.rewrite_config(&config_for(&backends, ""));
-    eventually("b2 listed", || {
+    eventually("b2 listed", async || {
         proxy.member_ids().contains(&"b2".to_string())
     })
     .await;
@@ -50,12 +48,12 @@ async fn a_removed_backend_drains_its_pinned_users_and_tunnels_keep_working() {
     echo(ws.ws(), "before").await;
 
     proxy.rewrite_config(&config_for(&backends[..1], ""));
-    let b2 = proxy.proxy.snapshot().pools[0]
+    let b2 = proxy.runtime.snapshot().pools[0]
         .member("b2")
         .expect("b2")
         .backend
         .clone();
-    eventually("b2 draining", || b2.admin() == AdminState::Draining).await;
+    eventually("b2 draining", async || b2.admin() == AdminState::Draining).await;
     for _ in 0..4 {
         let r = c.get_with_cookie("/", Some(&pinned)).await;
         assert_eq!(
@@ -103,7 +101,7 @@ async fn a_removed_backends_tunnels_close_at_its_drain_timeout() {
     proxy.rewrite_config(&with_timeout(&backends[..1]));
     echo(ws.ws(), "draining").await;
     closed(ws.ws()).await;
-    eventually("b2 gone from the snapshot", || {
+    eventually("b2 gone from the snapshot", async || {
         !proxy.member_ids().contains(&"b2".to_string())
     })
     .await;
@@ -119,8 +117,8 @@ async fn a_broken_file_leaves_traffic_untouched_and_the_error_visible() {
     let mut ws = proxy.ws_plain("/ws", None).await;
 
     proxy.rewrite_config(&good.replace("[limits]", "[limits]\nconect_timeout = \"1s\""));
-    eventually("the failed reload recorded", || {
-        proxy.proxy.reload_status().last_error.is_some()
+    eventually("the failed reload recorded", async || {
+        proxy.runtime.reload_status().last_error.is_some()
     })
     .await;
     assert_eq!(
@@ -149,8 +147,8 @@ async fn a_broken_file_leaves_traffic_untouched_and_the_error_visible() {
     assert!(r.text().contains("conect_timeout"), "{}", r.text());
 
     proxy.rewrite_config(&good);
-    eventually("the good file applies again", || {
-        let s = proxy.proxy.reload_status();
+    eventually("the good file applies again", async || {
+        let s = proxy.runtime.reload_status();
         matches!((s.last_ok, s.last_error), (Some(ok), Some((bad, _))) if ok > bad)
     })
     .await;
@@ -178,11 +176,12 @@ async fn a_certificate_swapped_on_disk_is_served_to_new_connections() {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(proxy.certs.cert_der.clone()).expect("old root");
     roots.add(fresh.cert.der().clone()).expect("new root");
-    let mut config = rustls::ClientConfig::builder_with_provider(rtcgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(rtcgate::settings::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let new_cert = fresh.cert.der().to_vec();
@@ -216,8 +215,8 @@ async fn a_backend_whose_address_changes_is_a_new_backend_and_the_old_one_drains
     let mut ws = proxy.ws_plain("/ws", None).await;
     assert_eq!(ws.backend(), "b1");
     proxy.rewrite_config(&config_toml(&[("m1", backends[1].addr)], "", ""));
-    eventually("m1 points at the new address", || {
-        proxy.proxy.snapshot().pools[0]
+    eventually("m1 points at the new address", async || {
+        proxy.runtime.snapshot().pools[0]
             .member("m1")
             .is_some_and(|m| m.backend.addr == backends[1].addr)
     })
@@ -258,10 +257,10 @@ async fn fifty_rewrites_under_load_cost_no_request() {
     let sets: [&[usize]; 4] = [&[0, 1, 2], &[0, 1], &[1, 2], &[0, 2]];
     for i in 0..50 {
         let set: Vec<Arc<DemoBackend>> = sets[i % 4].iter().map(|&j| backends[j].clone()).collect();
-        let before = proxy.proxy.reload_status().last_ok;
+        let before = proxy.runtime.reload_status().last_ok;
         proxy.rewrite_config(&config_for(&set, ""));
-        eventually("the rewrite applied", || {
-            proxy.proxy.reload_status().last_ok != before
+        eventually("the rewrite applied", async || {
+            proxy.runtime.reload_status().last_ok != before
         })
         .await;
     }
@@ -297,7 +296,7 @@ async fn a_thousand_tunnels_survive_twenty_reloads() {
     for (i, t) in tunnels.iter_mut().enumerate() {
         echo(t.ws(), &format!("tunnel {i} after 20 reloads")).await;
     }
-    let sessions: u32 = proxy.proxy.snapshot().pools[0]
+    let sessions: u32 = proxy.runtime.snapshot().pools[0]
         .members
         .iter()
         .map(|m| m.backend.sessions())
@@ -318,12 +317,12 @@ async fn a_removed_backend_in_maintenance_stays_out_and_cannot_be_re_enabled() {
         .expect("req");
     assert_eq!(admin.fetch(req).await.status, StatusCode::OK);
     proxy.rewrite_config(&config_for(&backends[..1], ""));
-    let b2 = proxy.proxy.snapshot().pools[0]
+    let b2 = proxy.runtime.snapshot().pools[0]
         .member("b2")
         .expect("b2")
         .backend
         .clone();
-    eventually("b2 removed", || b2.is_removed()).await;
+    eventually("b2 removed", async || b2.is_removed()).await;
     assert_eq!(b2.admin(), AdminState::Maint);
     assert_eq!(
         c.get_with_cookie("/", Some(&pinned)).await.backend(),

@@ -1,20 +1,18 @@
 //! Session persistence: the sticky cookie matrix, capacity, rooms, and two instances as one.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::support::*;
 use http::StatusCode;
 use rtcgate::config::Config;
 use rtcgate::demo::DemoBackend;
-use rtcgate::pool::AdminState;
+use rtcgate::state::backend::AdminState;
 use rtcgate::sticky::{unix_now, StickyCookie};
-use support::*;
 
 /// The sticky settings of a running test proxy, to mint tokens the way another instance would.
 fn minter(proxy: &TestProxy) -> StickyCookie {
-    StickyCookie::new(&proxy.proxy.snapshot().config.sticky)
+    StickyCookie::new(&proxy.runtime.snapshot().config.sticky)
 }
 
 async fn three() -> (Vec<Arc<DemoBackend>>, TestProxy) {
@@ -87,7 +85,7 @@ async fn forged_tampered_expired_and_unknown_cookies_are_placed_afresh() {
         ("garbage", "rtcgate=%%%;;".to_string()),
         ("expired", {
             // Minted with max_age 1s by an instance that thinks it is an hour ago.
-            let mut cfg = proxy.proxy.snapshot().config.sticky.clone();
+            let mut cfg = proxy.runtime.snapshot().config.sticky.clone();
             cfg.max_age = std::time::Duration::from_secs(1);
             let t = StickyCookie::new(&cfg).sign("media", "b1", unix_now() - 3600);
             format!("rtcgate={t}")

@@ -1,6 +1,5 @@
 //! Test support: demo backends and a proxy on `127.0.0.1:0`, and real HTTP/1.1 and HTTP/2
-//! clients over TLS or plain TCP.
-#![allow(dead_code)]
+//! clients over TLS or plain TCP. The benches use it too (`#[path]`), for the same proxy.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,9 +12,9 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rtcgate::config::Config;
+use rtcgate::control::runtime::Runtime;
 use rtcgate::demo::DemoBackend;
-use rtcgate::proxy::Proxy;
-use rtcgate::server::{self, Listeners};
+use rtcgate::server::Listeners;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -116,7 +115,7 @@ pub struct TestProxy {
     pub https: SocketAddr,
     pub http: SocketAddr,
     pub admin: SocketAddr,
-    pub proxy: Arc<Proxy>,
+    pub runtime: Arc<Runtime>,
     pub certs: TestCerts,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -128,7 +127,7 @@ pub async fn spawn_proxy(toml: &str) -> TestProxy {
     let path = certs.dir.path().join("proxy.toml");
     std::fs::write(&path, toml).expect("write config");
     let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
-    let proxy = Proxy::new(config).unwrap_or_else(|e| panic!("proxy: {e}"));
+    let runtime = Runtime::new(config).unwrap_or_else(|e| panic!("runtime: {e}"));
     let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
     let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
     let (https_addr, http_addr) = (
@@ -143,27 +142,23 @@ pub async fn spawn_proxy(toml: &str) -> TestProxy {
         admin: Some(admin),
     };
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listeners, proxy.clone(), async {
+    let task = tokio::spawn(rtcgate::run(listeners, runtime.clone(), async {
         let _ = rx.await;
     }));
     // Ready when the admin API answers: by then the reload watcher is registered too.
-    let ready = async {
-        loop {
-            if let Ok(tcp) = TcpStream::connect(admin_addr).await {
-                let mut c = HttpClient::h1(tcp, admin_addr.to_string(), "http").await;
-                if c.get("/status").await.status == StatusCode::OK {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
-    within("proxy ready", ready).await;
+    eventually("the proxy is ready", async || {
+        let Ok(tcp) = TcpStream::connect(admin_addr).await else {
+            return false;
+        };
+        let mut c = HttpClient::h1(tcp, admin_addr.to_string(), "http").await;
+        c.get("/status").await.status == StatusCode::OK
+    })
+    .await;
     TestProxy {
         https: https_addr,
         http: http_addr,
         admin: admin_addr,
-        proxy,
+        runtime,
         certs,
         shutdown: Some(tx),
         task: Some(task),
@@ -182,7 +177,7 @@ impl TestProxy {
     fn tls_config(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.certs.cert_der.clone()).expect("root");
-        let mut c = rustls::ClientConfig::builder_with_provider(rtcgate::tls::provider())
+        let mut c = rustls::ClientConfig::builder_with_provider(rtcgate::settings::tls::provider())
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(roots)
@@ -230,6 +225,156 @@ impl TestProxy {
             .expect("connect http");
         HttpClient::h1(tcp, format!("localhost:{}", self.http.port()), "http").await
     }
+
+    /// A WebSocket over TLS and HTTP/1.1 Upgrade.
+    pub async fn ws_tls(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+    ) -> WsReply<tokio_rustls::client::TlsStream<TcpStream>> {
+        let io = self.tls_stream(b"http/1.1").await;
+        ws_handshake(
+            io,
+            &format!("wss://localhost:{}{path}", self.https.port()),
+            cookie,
+        )
+        .await
+    }
+
+    /// A WebSocket over plain HTTP/1.1 Upgrade.
+    pub async fn ws_plain(&self, path: &str, cookie: Option<&str>) -> WsReply<TcpStream> {
+        let io = within("connect", TcpStream::connect(self.http))
+            .await
+            .expect("connect");
+        ws_handshake(
+            io,
+            &format!("ws://localhost:{}{path}", self.http.port()),
+            cookie,
+        )
+        .await
+    }
+
+    /// A WebSocket over HTTP/2 extended CONNECT (RFC 8441), on its own TLS connection.
+    pub async fn ws_h2(
+        &self,
+        path: &str,
+        cookie: Option<&str>,
+    ) -> WsReply<TokioIo<hyper::upgrade::Upgraded>> {
+        let io = self.tls_stream(b"h2").await;
+        let (mut sender, conn) = within(
+            "h2 handshake",
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
+        )
+        .await
+        .expect("h2 handshake");
+        tokio::spawn(conn);
+        let mut req = Request::builder()
+            .method("CONNECT")
+            .version(Version::HTTP_2)
+            .uri(format!("https://localhost:{}{path}", self.https.port()))
+            .header("sec-websocket-version", "13");
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let mut req = req.body(empty()).expect("request");
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        within("h2 ready", sender.ready()).await.expect("ready");
+        let resp = within("h2 CONNECT", sender.send_request(req))
+            .await
+            .expect("CONNECT");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if status != StatusCode::OK {
+            let body = within("body", resp.into_body().collect())
+                .await
+                .expect("body")
+                .to_bytes();
+            return WsReply {
+                status,
+                headers,
+                body: Some(body.to_vec()),
+                ws: None,
+            };
+        }
+        let upgraded = within("h2 upgrade", hyper::upgrade::on(resp))
+            .await
+            .expect("upgrade");
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        WsReply {
+            status,
+            headers,
+            body: None,
+            ws: Some(ws),
+        }
+    }
+
+    /// The config file this proxy was started from.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.certs.dir.path().join("proxy.toml")
+    }
+
+    /// Replaces the config file the way editors and orchestration tools do: a new file renamed
+    /// over the old one.
+    pub fn rewrite_config(&self, toml: &str) {
+        let tmp = self.certs.dir.path().join(".proxy.toml.new");
+        std::fs::write(&tmp, toml).expect("write new config");
+        std::fs::rename(&tmp, self.config_path()).expect("rename over the config");
+    }
+
+    /// Reloads through the admin API and returns its answer.
+    pub async fn post_reload(&self) -> Reply {
+        let mut c = self.admin().await;
+        let req = c.request("POST", "/reload").body(empty()).expect("request");
+        c.fetch(req).await
+    }
+
+    /// The ids listed in the current snapshot's pool (draining ones included).
+    pub fn member_ids(&self) -> Vec<String> {
+        self.runtime.snapshot().pools[0]
+            .members
+            .iter()
+            .map(|m| m.backend.id.to_string())
+            .collect()
+    }
+
+    /// The runtime state of backend `id` of the first pool.
+    pub fn backend_state(&self, id: &str) -> Arc<rtcgate::state::backend::Backend> {
+        self.runtime.snapshot().pools[0]
+            .member(id)
+            .expect("member")
+            .backend
+            .clone()
+    }
+
+    /// Backend `id`'s entry in `GET /status`.
+    pub async fn status_of(&self, id: &str) -> serde_json::Value {
+        let status = self.admin().await.get("/status").await.json();
+        status["pools"][0]["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .find(|b| b["id"] == id)
+            .unwrap_or_else(|| panic!("{id} is not listed in /status"))
+            .clone()
+    }
+
+    /// A new user's cookie pinning it to backend `id` (new users rotate over idle backends).
+    pub async fn user_pinned_to(&self, id: &str) -> String {
+        let mut c = self.h1().await;
+        for _ in 0..16 {
+            let r = c.get("/").await;
+            if r.backend() == id {
+                return r.cookie().expect("a new user's Set-Cookie");
+            }
+        }
+        panic!("no new user was placed on {id}")
+    }
 }
 
 enum Sender {
@@ -269,6 +414,23 @@ impl Reply {
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The `rtcgate=…` pair of this response's `Set-Cookie`, when it set the proxy's cookie.
+    pub fn cookie(&self) -> Option<String> {
+        let line = self.set_cookie_line();
+        (!line.is_empty()).then(|| line.split(';').next().unwrap_or_default().to_string())
+    }
+
+    /// The whole `Set-Cookie` line of the proxy's cookie, or "".
+    pub fn set_cookie_line(&self) -> String {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("rtcgate="))
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -361,6 +523,15 @@ impl HttpClient {
         let req = self.request("GET", path).body(empty()).expect("request");
         self.fetch(req).await
     }
+
+    /// GET `path`, with a `Cookie` header when one is given.
+    pub async fn get_with_cookie(&mut self, path: &str, cookie: Option<&str>) -> Reply {
+        let mut req = self.request("GET", path);
+        if let Some(cookie) = cookie {
+            req = req.header("cookie", cookie);
+        }
+        self.fetch(req.body(empty()).expect("request")).await
+    }
 }
 
 pub fn empty() -> ClientBody {
@@ -373,15 +544,17 @@ pub fn full(data: impl Into<Bytes>) -> ClientBody {
 
 pub type Ws<S> = tokio_tungstenite::WebSocketStream<S>;
 
-/// Waits until `cond` holds, checking every 10 ms, for at most [`STEP`].
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+/// Waits until `cond` holds, checking every 10 ms, for at most [`STEP`] in all (a check that
+/// hangs counts against it too).
+pub async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + STEP;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {STEP:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    let waiting = async {
+        while !cond().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout_at(deadline, waiting).await.is_err() {
+        panic!("{what}: not within {STEP:?}");
     }
 }
 
@@ -443,96 +616,6 @@ where
     }
 }
 
-impl TestProxy {
-    /// A WebSocket over TLS and HTTP/1.1 Upgrade.
-    pub async fn ws_tls(
-        &self,
-        path: &str,
-        cookie: Option<&str>,
-    ) -> WsReply<tokio_rustls::client::TlsStream<TcpStream>> {
-        let io = self.tls_stream(b"http/1.1").await;
-        ws_handshake(
-            io,
-            &format!("wss://localhost:{}{path}", self.https.port()),
-            cookie,
-        )
-        .await
-    }
-
-    /// A WebSocket over plain HTTP/1.1 Upgrade.
-    pub async fn ws_plain(&self, path: &str, cookie: Option<&str>) -> WsReply<TcpStream> {
-        let io = within("connect", TcpStream::connect(self.http))
-            .await
-            .expect("connect");
-        ws_handshake(
-            io,
-            &format!("ws://localhost:{}{path}", self.http.port()),
-            cookie,
-        )
-        .await
-    }
-
-    /// A WebSocket over HTTP/2 extended CONNECT (RFC 8441), on its own TLS connection.
-    pub async fn ws_h2(
-        &self,
-        path: &str,
-        cookie: Option<&str>,
-    ) -> WsReply<TokioIo<hyper::upgrade::Upgraded>> {
-        let io = self.tls_stream(b"h2").await;
-        let (mut sender, conn) = within(
-            "h2 handshake",
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
-        )
-        .await
-        .expect("h2 handshake");
-        tokio::spawn(conn);
-        let mut req = Request::builder()
-            .method("CONNECT")
-            .version(Version::HTTP_2)
-            .uri(format!("https://localhost:{}{path}", self.https.port()))
-            .header("sec-websocket-version", "13");
-        if let Some(c) = cookie {
-            req = req.header("cookie", c);
-        }
-        let mut req = req.body(empty()).expect("request");
-        req.extensions_mut()
-            .insert(hyper::ext::Protocol::from_static("websocket"));
-        within("h2 ready", sender.ready()).await.expect("ready");
-        let resp = within("h2 CONNECT", sender.send_request(req))
-            .await
-            .expect("CONNECT");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        if status != StatusCode::OK {
-            let body = within("body", resp.into_body().collect())
-                .await
-                .expect("body")
-                .to_bytes();
-            return WsReply {
-                status,
-                headers,
-                body: Some(body.to_vec()),
-                ws: None,
-            };
-        }
-        let upgraded = within("h2 upgrade", hyper::upgrade::on(resp))
-            .await
-            .expect("upgrade");
-        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            tokio_tungstenite::tungstenite::protocol::Role::Client,
-            None,
-        )
-        .await;
-        WsReply {
-            status,
-            headers,
-            body: None,
-            ws: Some(ws),
-        }
-    }
-}
-
 /// Sends `text` and expects it echoed back.
 pub async fn echo<S>(ws: &mut Ws<S>, text: &str)
 where
@@ -567,103 +650,5 @@ where
             Some(Ok(m)) if m.is_close() => return,
             Some(Ok(_)) => continue,
         }
-    }
-}
-
-impl TestProxy {
-    /// The config file this proxy was started from.
-    pub fn config_path(&self) -> std::path::PathBuf {
-        self.certs.dir.path().join("proxy.toml")
-    }
-
-    /// Replaces the config file the way editors and orchestration tools do: a new file renamed
-    /// over the old one.
-    pub fn rewrite_config(&self, toml: &str) {
-        let tmp = self.certs.dir.path().join(".proxy.toml.new");
-        std::fs::write(&tmp, toml).expect("write new config");
-        std::fs::rename(&tmp, self.config_path()).expect("rename over the config");
-    }
-
-    /// Reloads through the admin API and returns its answer.
-    pub async fn post_reload(&self) -> Reply {
-        let mut c = self.admin().await;
-        let req = c.request("POST", "/reload").body(empty()).expect("request");
-        c.fetch(req).await
-    }
-
-    /// The ids listed in the current snapshot's pool (draining ones included).
-    pub fn member_ids(&self) -> Vec<String> {
-        self.proxy.snapshot().pools[0]
-            .members
-            .iter()
-            .map(|m| m.backend.id.to_string())
-            .collect()
-    }
-}
-
-impl Reply {
-    /// The `rtcgate=…` pair of this response's `Set-Cookie`, when it set the proxy's cookie.
-    pub fn cookie(&self) -> Option<String> {
-        let line = self.set_cookie_line();
-        (!line.is_empty()).then(|| line.split(';').next().unwrap_or_default().to_string())
-    }
-
-    /// The whole `Set-Cookie` line of the proxy's cookie, or "".
-    pub fn set_cookie_line(&self) -> String {
-        self.headers
-            .get_all("set-cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find(|v| v.starts_with("rtcgate="))
-            .unwrap_or_default()
-            .to_string()
-    }
-}
-
-impl HttpClient {
-    /// GET `path`, with a `Cookie` header when one is given.
-    pub async fn get_with_cookie(&mut self, path: &str, cookie: Option<&str>) -> Reply {
-        let mut req = self.request("GET", path);
-        if let Some(cookie) = cookie {
-            req = req.header("cookie", cookie);
-        }
-        self.fetch(req.body(empty()).expect("request")).await
-    }
-}
-
-impl TestProxy {
-    /// The runtime state of backend `id` of the first pool.
-    pub fn backend_state(&self, id: &str) -> Arc<rtcgate::pool::Backend> {
-        self.proxy.snapshot().pools[0]
-            .member(id)
-            .expect("member")
-            .backend
-            .clone()
-    }
-}
-
-impl TestProxy {
-    /// Backend `id`'s entry in `GET /status`.
-    pub async fn status_of(&self, id: &str) -> serde_json::Value {
-        let status = self.admin().await.get("/status").await.json();
-        status["pools"][0]["backends"]
-            .as_array()
-            .expect("backends")
-            .iter()
-            .find(|b| b["id"] == id)
-            .unwrap_or_else(|| panic!("{id} is not listed in /status"))
-            .clone()
-    }
-
-    /// A new user's cookie pinning it to backend `id` (new users rotate over idle backends).
-    pub async fn user_pinned_to(&self, id: &str) -> String {
-        let mut c = self.h1().await;
-        for _ in 0..16 {
-            let r = c.get("/").await;
-            if r.backend() == id {
-                return r.cookie().expect("a new user's Set-Cookie");
-            }
-        }
-        panic!("no new user was placed on {id}")
     }
 }

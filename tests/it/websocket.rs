@@ -1,16 +1,14 @@
 //! WebSocket tunnels over HTTP/1.1 Upgrade and HTTP/2 extended CONNECT: echo, refusal, backend
 //! death, counting, stickiness, rooms, capacity, idle timeout and shutdown.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::*;
 use futures_util::future::join_all;
 use http::StatusCode;
-use support::*;
 
 fn sessions(proxy: &TestProxy) -> u32 {
-    proxy.proxy.snapshot().pools[0]
+    proxy.runtime.snapshot().pools[0]
         .members
         .iter()
         .map(|m| m.backend.sessions())
@@ -18,7 +16,7 @@ fn sessions(proxy: &TestProxy) -> u32 {
 }
 
 fn sessions_of(proxy: &TestProxy, id: &str) -> u32 {
-    proxy.proxy.snapshot().pools[0]
+    proxy.runtime.snapshot().pools[0]
         .member(id)
         .expect("member")
         .backend
@@ -99,7 +97,7 @@ async fn a_backend_dying_mid_tunnel_closes_that_tunnel_only() {
         .expect("backend")
         .kill();
     closed(doomed.ws()).await;
-    eventually("the dead tunnel's session is released", || {
+    eventually("the dead tunnel's session is released", async || {
         sessions_of(&proxy, &doomed_on) == 0
     })
     .await;
@@ -130,7 +128,7 @@ async fn five_hundred_concurrent_tunnels_all_echo() {
         echo(r.ws(), &format!("again {i}")).await;
     }
     drop(opened);
-    eventually("every session released", || sessions(&proxy) == 0).await;
+    eventually("every session released", async || sessions(&proxy) == 0).await;
 }
 
 #[tokio::test]
@@ -151,7 +149,7 @@ async fn session_counts_stay_exact_over_two_thousand_open_close_cycles() {
         }
     }))
     .await;
-    eventually("sessions back to zero", || sessions(&proxy) == 0).await;
+    eventually("sessions back to zero", async || sessions(&proxy) == 0).await;
     let metrics = proxy.admin().await.get("/metrics").await.text();
     for b in &backends {
         let line = format!(
@@ -230,7 +228,7 @@ async fn an_idle_tunnel_is_closed() {
     let mut r = proxy.ws_plain("/ws", None).await;
     echo(r.ws(), "then silence").await;
     closed(r.ws()).await;
-    eventually("the idle tunnel's session is released", || {
+    eventually("the idle tunnel's session is released", async || {
         sessions(&proxy) == 0
     })
     .await;

@@ -1,0 +1,198 @@
+//! `proxy.toml` as written: serde structs that reject unknown keys, and the defaults of keys
+//! left out. Nothing here judges a value; `validate.rs` turns these into the typed [`Config`].
+//!
+//! [`Config`]: super::Config
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::types::{PinWorkers, SameSite, Secure, WhenDown};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) listen: RawListen,
+    pub(super) tls: Option<RawTls>,
+    pub(super) sticky: RawSticky,
+    #[serde(default)]
+    pub(super) admin: RawAdmin,
+    #[serde(default)]
+    pub(super) limits: RawLimits,
+    #[serde(default)]
+    pub(super) log: RawLog,
+    #[serde(default)]
+    pub(super) pools: BTreeMap<String, RawPool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListen {
+    pub(super) https: Option<String>,
+    pub(super) http: Option<String>,
+    pub(super) admin: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) cert: String,
+    pub(super) key: String,
+    #[serde(default)]
+    pub(super) sni: Vec<RawSni>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSni {
+    pub(super) names: Vec<String>,
+    pub(super) cert: String,
+    pub(super) key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSticky {
+    #[serde(default = "default_cookie")]
+    pub(super) cookie: String,
+    pub(super) keys: Vec<String>,
+    #[serde(default = "zero_duration")]
+    pub(super) max_age: String,
+    #[serde(default = "default_same_site")]
+    pub(super) same_site: SameSite,
+    #[serde(default = "default_secure")]
+    pub(super) secure: Secure,
+    #[serde(default = "default_when_down")]
+    pub(super) when_down: WhenDown,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    #[serde(default)]
+    pub(super) token: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) workers: Option<usize>,
+    pub(super) pin_workers: Option<PinWorkers>,
+    pub(super) max_connections: Option<usize>,
+    pub(super) tls_handshake_timeout: Option<String>,
+    pub(super) header_read_timeout: Option<String>,
+    pub(super) max_header_size: Option<usize>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) connect_timeout: Option<String>,
+    pub(super) response_timeout: Option<String>,
+    pub(super) shutdown_grace: Option<String>,
+    pub(super) tunnel_idle_timeout: Option<String>,
+    pub(super) upstream_idle_per_backend: Option<usize>,
+    pub(super) upstream_idle_timeout: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    #[serde(default)]
+    pub(super) access: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPool {
+    #[serde(default = "default_hosts")]
+    pub(super) hosts: Vec<String>,
+    #[serde(default)]
+    pub(super) room_param: String,
+    #[serde(default = "default_room_balance_factor")]
+    pub(super) room_balance_factor: f64,
+    #[serde(default = "default_max_sessions")]
+    pub(super) max_sessions: u32,
+    #[serde(default = "default_drain_timeout")]
+    pub(super) drain_timeout: String,
+    #[serde(default)]
+    pub(super) health: RawHealth,
+    #[serde(default)]
+    pub(super) backends: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    #[serde(default = "default_health_path")]
+    pub(super) path: String,
+    #[serde(default = "default_health_interval")]
+    pub(super) interval: String,
+    #[serde(default = "default_health_timeout")]
+    pub(super) timeout: String,
+    #[serde(default = "default_rise_fall")]
+    pub(super) rise: u32,
+    #[serde(default = "default_rise_fall")]
+    pub(super) fall: u32,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        RawHealth {
+            path: default_health_path(),
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            rise: default_rise_fall(),
+            fall: default_rise_fall(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub(super) id: String,
+    pub(super) address: String,
+    pub(super) max_sessions: Option<u32>,
+    #[serde(default = "default_weight")]
+    pub(super) weight: u32,
+}
+
+pub(super) fn default_cookie() -> String {
+    "rtcgate".into()
+}
+fn zero_duration() -> String {
+    "0s".into()
+}
+pub(super) fn default_same_site() -> SameSite {
+    SameSite::Lax
+}
+pub(super) fn default_secure() -> Secure {
+    Secure::Auto
+}
+pub(super) fn default_when_down() -> WhenDown {
+    WhenDown::Repin
+}
+pub(super) fn default_hosts() -> Vec<String> {
+    vec!["*".into()]
+}
+pub(super) fn default_room_balance_factor() -> f64 {
+    1.25
+}
+pub(super) fn default_max_sessions() -> u32 {
+    500
+}
+pub(super) fn default_drain_timeout() -> String {
+    "1h".into()
+}
+pub(super) fn default_health_path() -> String {
+    "/health".into()
+}
+pub(super) fn default_health_interval() -> String {
+    "2s".into()
+}
+pub(super) fn default_health_timeout() -> String {
+    "1s".into()
+}
+pub(super) fn default_rise_fall() -> u32 {
+    2
+}
+pub(super) fn default_weight() -> u32 {
+    1
+}

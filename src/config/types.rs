@@ -1,0 +1,237 @@
+//! The typed configuration that the rest of rtcgate reads, and [`ConfigError`]. Values here
+//! are valid by construction: only `validate.rs` makes them from the file.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration error: the file, the key and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {msg}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub key: String,
+    pub msg: String,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from; relative paths inside it are resolved against its folder.
+    pub source: PathBuf,
+    pub listen: Listen,
+    pub tls: Option<TlsFiles>,
+    pub sticky: Sticky,
+    pub admin: AdminConfig,
+    pub limits: Limits,
+    pub log: LogConfig,
+    /// Pools in name order.
+    pub pools: Vec<PoolConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub https: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Served when no SNI entry matches (or the client sends no SNI).
+    pub default: CertFiles,
+    /// Extra certificates chosen by SNI server name.
+    pub sni: Vec<SniCert>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SniCert {
+    /// Lower-case server names; `*.example.com` matches one label.
+    pub names: Vec<String>,
+    pub files: CertFiles,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Secure {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Whether each worker thread is bound to a CPU of its own (`limits.pin_workers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PinWorkers {
+    /// When there is one worker per CPU the process may run on.
+    Auto,
+    /// Always, round-robin over those CPUs.
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenDown {
+    Repin,
+    Reject,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct StickyKey {
+    pub id: String,
+    pub secret: Vec<u8>,
+}
+
+impl fmt::Debug for StickyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret, not even in debug logs.
+        f.debug_struct("StickyKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sticky {
+    pub cookie: String,
+    /// The first key signs; all keys verify.
+    pub keys: Vec<StickyKey>,
+    /// Zero means a session cookie.
+    pub max_age: Duration,
+    pub same_site: SameSite,
+    pub secure: Secure,
+    pub when_down: WhenDown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// When set, mutating admin calls need `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+/// Connection and request limits. Every one has a key under `[limits]` and a default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Worker threads serving connections; 0 means one per CPU core.
+    pub workers: usize,
+    /// Whether each worker is bound to a CPU of its own.
+    pub pin_workers: PinWorkers,
+    /// Client connections served at once; further connections wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time allowed for a TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Time allowed to receive a whole request head. On HTTP/1.1 keep-alive connections it also
+    /// bounds the wait for the next request (as HAProxy's `timeout http-request` does).
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (HTTP/1.1 head bytes, HTTP/2 header list).
+    pub max_header_size: usize,
+    /// A client connection with no bytes moving either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Time allowed to open a TCP connection to a backend.
+    pub connect_timeout: Duration,
+    /// Time allowed for a backend to send its response head.
+    pub response_timeout: Duration,
+    /// Time in-flight requests get to finish after SIGTERM/SIGINT.
+    pub shutdown_grace: Duration,
+    /// A WebSocket tunnel with no bytes moving either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
+    /// Idle keep-alive connections kept per backend.
+    pub upstream_idle_per_backend: usize,
+    /// How long an idle upstream connection is kept.
+    pub upstream_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A line per request at target `rtcgate::access`.
+    pub access: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub hosts: Vec<HostPattern>,
+    /// Query parameter naming a room; `None` when rooms are off for this pool.
+    pub room_param: Option<String>,
+    pub room_balance_factor: f64,
+    pub max_sessions: u32,
+    pub drain_timeout: Duration,
+    pub health: HealthConfig,
+    pub backends: Vec<BackendConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// `None`: a TCP connect check.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Stable id: cookies name this, never a list position.
+    pub id: String,
+    pub address: SocketAddr,
+    pub max_sessions: u32,
+    pub weight: u32,
+}
+
+/// A `Host` pattern: `*` (any), `*.example.com` (one or more labels), or an exact name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Any,
+    /// The suffix including its leading dot: `.example.com`.
+    Suffix(String),
+    Exact(String),
+}
+
+impl HostPattern {
+    pub(super) fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if s == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let (wild, name) = match s.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, s.as_str()),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid {
+            return Err(format!(
+                "{s:?} is not a host pattern (\"*\", \"*.example.com\" or \"rtc.example.com\")"
+            ));
+        }
+        Ok(if wild {
+            HostPattern::Suffix(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_string())
+        })
+    }
+}
+
+/// Shortest secret accepted for a sticky key: 32 bytes of HMAC-SHA256 key material.
+pub const MIN_SECRET_LEN: usize = 32;

@@ -1,0 +1,452 @@
+//! Raw → typed: every value checked, durations and addresses parsed, files resolved against
+//! the config's folder, cross-key rules (no two listeners on one port, host patterns unique
+//! across pools). Each error names the file and the key, with the value.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::raw::*;
+use super::types::*;
+
+pub(super) struct Validator<'a> {
+    pub(super) file: &'a Path,
+}
+
+impl Validator<'_> {
+    pub(super) fn err(&self, key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            key: key.into(),
+            msg: msg.into(),
+        }
+    }
+
+    fn duration(&self, key: &str, s: &str) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            self.err(
+                key,
+                format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"2s\", \"1h\""),
+            )
+        })
+    }
+
+    fn opt_duration(
+        &self,
+        key: &str,
+        s: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match s {
+            Some(s) => self.duration(key, s),
+            None => Ok(default),
+        }
+    }
+
+    fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+        s.trim().parse().map_err(|_| {
+            self.err(key, format!("{s:?} is not an address; write IP:port, e.g. \"127.0.0.1:9001\" or \"[::1]:9001\""))
+        })
+    }
+
+    fn file(&self, key: &str, s: &str) -> Result<PathBuf, ConfigError> {
+        let p = Path::new(s);
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.file.parent().unwrap_or(Path::new(".")).join(p)
+        };
+        if !p.is_file() {
+            return Err(self.err(key, format!("file {} does not exist", p.display())));
+        }
+        Ok(p)
+    }
+
+    pub(super) fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = Listen {
+            https: raw
+                .listen
+                .https
+                .as_deref()
+                .map(|s| self.addr("listen.https", s))
+                .transpose()?,
+            http: raw
+                .listen
+                .http
+                .as_deref()
+                .map(|s| self.addr("listen.http", s))
+                .transpose()?,
+            admin: raw
+                .listen
+                .admin
+                .as_deref()
+                .map(|s| self.addr("listen.admin", s))
+                .transpose()?,
+        };
+        if listen.https.is_none() && listen.http.is_none() {
+            return Err(self.err("listen", "set at least one of listen.https and listen.http"));
+        }
+        // The listeners use SO_REUSEPORT, so the kernel would let two of them share a port and
+        // split its connections between them rather than refuse the second.
+        let keyed = [
+            ("listen.https", listen.https),
+            ("listen.http", listen.http),
+            ("listen.admin", listen.admin),
+        ];
+        for (i, (key, addr)) in keyed.iter().enumerate() {
+            for (other, other_addr) in &keyed[..i] {
+                if let (Some(a), Some(b)) = (addr, other_addr) {
+                    if overlap(*a, *b) {
+                        return Err(self.err(*key, format!("{a} overlaps {other} ({b})")));
+                    }
+                }
+            }
+        }
+        let tls = raw.tls.map(|t| self.tls(t)).transpose()?;
+        if listen.https.is_some() && tls.is_none() {
+            return Err(self.err(
+                "tls",
+                "listen.https is set, so [tls] with cert and key is required",
+            ));
+        }
+        let sticky = self.sticky(raw.sticky)?;
+        let admin = AdminConfig {
+            token: Some(raw.admin.token).filter(|t| !t.is_empty()),
+        };
+        let limits = self.limits(raw.limits)?;
+        let mut pools = Vec::with_capacity(raw.pools.len());
+        for (name, p) in raw.pools {
+            pools.push(self.pool(name, p)?);
+        }
+        self.check_hosts(&pools)?;
+        Ok(Config {
+            source: self.file.to_path_buf(),
+            listen,
+            tls,
+            sticky,
+            admin,
+            limits,
+            log: LogConfig {
+                access: raw.log.access,
+            },
+            pools,
+        })
+    }
+
+    fn tls(&self, t: RawTls) -> Result<TlsFiles, ConfigError> {
+        let default = CertFiles {
+            cert: self.file("tls.cert", &t.cert)?,
+            key: self.file("tls.key", &t.key)?,
+        };
+        let mut sni = Vec::with_capacity(t.sni.len());
+        for (i, s) in t.sni.into_iter().enumerate() {
+            let key = format!("tls.sni[{i}]");
+            if s.names.is_empty() {
+                return Err(self.err(format!("{key}.names"), "list at least one server name"));
+            }
+            let mut names = Vec::with_capacity(s.names.len());
+            for n in &s.names {
+                match HostPattern::parse(n) {
+                    Ok(HostPattern::Exact(n)) => names.push(n),
+                    Ok(HostPattern::Suffix(n)) => names.push(format!("*{n}")),
+                    _ => {
+                        return Err(self.err(
+                            format!("{key}.names"),
+                            format!("{n:?} is not a server name"),
+                        ))
+                    }
+                }
+            }
+            sni.push(SniCert {
+                names,
+                files: CertFiles {
+                    cert: self.file(&format!("{key}.cert"), &s.cert)?,
+                    key: self.file(&format!("{key}.key"), &s.key)?,
+                },
+            });
+        }
+        Ok(TlsFiles { default, sni })
+    }
+
+    fn sticky(&self, s: RawSticky) -> Result<Sticky, ConfigError> {
+        let cookie_ok = !s.cookie.is_empty()
+            && s.cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !cookie_ok {
+            return Err(self.err(
+                "sticky.cookie",
+                format!("{:?} is not a valid cookie name", s.cookie),
+            ));
+        }
+        if s.keys.is_empty() {
+            return Err(self.err("sticky.keys", "list at least one \"id:secret\" key"));
+        }
+        let mut keys = Vec::with_capacity(s.keys.len());
+        let mut seen = HashSet::new();
+        for (i, k) in s.keys.iter().enumerate() {
+            let key = format!("sticky.keys[{i}]");
+            let Some((id, secret)) = k.split_once(':') else {
+                return Err(self.err(key, "write a key as \"id:secret\""));
+            };
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(self.err(
+                    key,
+                    format!("key id {id:?} must be letters, digits, '-' or '_'"),
+                ));
+            }
+            if secret.len() < MIN_SECRET_LEN {
+                return Err(self.err(
+                    key,
+                    format!("the secret of key {id:?} has {} characters; at least {MIN_SECRET_LEN} are required", secret.len()),
+                ));
+            }
+            if !seen.insert(id) {
+                return Err(self.err(key, format!("key id {id:?} is listed twice")));
+            }
+            keys.push(StickyKey {
+                id: id.to_string(),
+                secret: secret.as_bytes().to_vec(),
+            });
+        }
+        Ok(Sticky {
+            cookie: s.cookie,
+            keys,
+            max_age: self.duration("sticky.max_age", &s.max_age)?,
+            same_site: s.same_site,
+            secure: s.secure,
+            when_down: s.when_down,
+        })
+    }
+
+    fn limits(&self, l: RawLimits) -> Result<Limits, ConfigError> {
+        let limits = Limits {
+            workers: l.workers.unwrap_or(0),
+            pin_workers: l.pin_workers.unwrap_or(PinWorkers::Auto),
+            max_connections: l.max_connections.unwrap_or(10_000),
+            tls_handshake_timeout: self.opt_duration(
+                "limits.tls_handshake_timeout",
+                &l.tls_handshake_timeout,
+                Duration::from_secs(10),
+            )?,
+            header_read_timeout: self.opt_duration(
+                "limits.header_read_timeout",
+                &l.header_read_timeout,
+                Duration::from_secs(10),
+            )?,
+            max_header_size: l.max_header_size.unwrap_or(64 * 1024),
+            idle_timeout: self.opt_duration(
+                "limits.idle_timeout",
+                &l.idle_timeout,
+                Duration::from_secs(60),
+            )?,
+            connect_timeout: self.opt_duration(
+                "limits.connect_timeout",
+                &l.connect_timeout,
+                Duration::from_secs(5),
+            )?,
+            response_timeout: self.opt_duration(
+                "limits.response_timeout",
+                &l.response_timeout,
+                Duration::from_secs(60),
+            )?,
+            shutdown_grace: self.opt_duration(
+                "limits.shutdown_grace",
+                &l.shutdown_grace,
+                Duration::from_secs(30),
+            )?,
+            tunnel_idle_timeout: self.opt_duration(
+                "limits.tunnel_idle_timeout",
+                &l.tunnel_idle_timeout,
+                Duration::from_secs(3600),
+            )?,
+            upstream_idle_per_backend: l.upstream_idle_per_backend.unwrap_or(256),
+            upstream_idle_timeout: self.opt_duration(
+                "limits.upstream_idle_timeout",
+                &l.upstream_idle_timeout,
+                Duration::from_secs(30),
+            )?,
+        };
+        if !(1..=1_000_000).contains(&limits.max_connections) {
+            return Err(self.err("limits.max_connections", "must be from 1 to 1000000"));
+        }
+        if limits.workers > 1024 {
+            return Err(self.err("limits.workers", "must be from 0 (one per core) to 1024"));
+        }
+        if limits.max_header_size > 16 * 1024 * 1024 {
+            return Err(self.err("limits.max_header_size", "must be at most 16 MiB"));
+        }
+        if limits.idle_timeout < Duration::from_millis(100) {
+            return Err(self.err("limits.idle_timeout", "must be at least 100ms"));
+        }
+        // hyper refuses head buffers under 8 KiB; a smaller cap would be silently raised.
+        if limits.max_header_size < 8192 {
+            return Err(self.err("limits.max_header_size", "must be at least 8192 bytes"));
+        }
+        let nonzero = [
+            ("limits.tls_handshake_timeout", limits.tls_handshake_timeout),
+            ("limits.header_read_timeout", limits.header_read_timeout),
+            ("limits.idle_timeout", limits.idle_timeout),
+            ("limits.connect_timeout", limits.connect_timeout),
+            ("limits.response_timeout", limits.response_timeout),
+            ("limits.tunnel_idle_timeout", limits.tunnel_idle_timeout),
+        ];
+        for (key, d) in nonzero {
+            if d.is_zero() {
+                return Err(self.err(key, "must be greater than zero"));
+            }
+        }
+        Ok(limits)
+    }
+
+    fn pool(&self, name: String, p: RawPool) -> Result<PoolConfig, ConfigError> {
+        let at = format!("pools.{name}");
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(self.err(at, "a pool name must be letters, digits, '-' or '_'"));
+        }
+        if p.hosts.is_empty() {
+            return Err(self.err(
+                format!("{at}.hosts"),
+                "list at least one host pattern (\"*\" for any)",
+            ));
+        }
+        let hosts = p
+            .hosts
+            .iter()
+            .map(|h| HostPattern::parse(h))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| self.err(format!("{at}.hosts"), m))?;
+        if !(p.room_balance_factor >= 1.0 && p.room_balance_factor.is_finite()) {
+            return Err(self.err(
+                format!("{at}.room_balance_factor"),
+                "must be a number of at least 1.0",
+            ));
+        }
+        if p.max_sessions == 0 {
+            return Err(self.err(format!("{at}.max_sessions"), "must be at least 1"));
+        }
+        let room_param = Some(p.room_param.trim().to_string()).filter(|r| !r.is_empty());
+        let health = self.health(&at, p.health)?;
+        let mut backends = Vec::with_capacity(p.backends.len());
+        let mut ids = HashSet::new();
+        for (i, b) in p.backends.into_iter().enumerate() {
+            let key = format!("{at}.backends[{i}]");
+            if b.id.is_empty()
+                || !b
+                    .id
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            {
+                return Err(self.err(
+                    format!("{key}.id"),
+                    format!("{:?}: an id must be letters, digits, '-', '_' or '.'", b.id),
+                ));
+            }
+            if !ids.insert(b.id.clone()) {
+                return Err(self.err(
+                    format!("{key}.id"),
+                    format!("{:?} is used twice in pool {name}", b.id),
+                ));
+            }
+            let max_sessions = b.max_sessions.unwrap_or(p.max_sessions);
+            if max_sessions == 0 {
+                return Err(self.err(format!("{key}.max_sessions"), "must be at least 1"));
+            }
+            if !(1..=1000).contains(&b.weight) {
+                return Err(self.err(format!("{key}.weight"), "must be from 1 to 1000"));
+            }
+            backends.push(BackendConfig {
+                address: self.addr(&format!("{key}.address"), &b.address)?,
+                id: b.id,
+                max_sessions,
+                weight: b.weight,
+            });
+        }
+        Ok(PoolConfig {
+            hosts,
+            room_param,
+            room_balance_factor: p.room_balance_factor,
+            max_sessions: p.max_sessions,
+            drain_timeout: self.duration(&format!("{at}.drain_timeout"), &p.drain_timeout)?,
+            health,
+            backends,
+            name,
+        })
+    }
+
+    fn health(&self, at: &str, h: RawHealth) -> Result<HealthConfig, ConfigError> {
+        let path = match h.path.trim() {
+            "" => None,
+            p if p.starts_with('/') => Some(p.to_string()),
+            p => {
+                return Err(self.err(
+                    format!("{at}.health.path"),
+                    format!("{p:?} must start with '/' (or be \"\" for a TCP check)"),
+                ))
+            }
+        };
+        let interval = self.duration(&format!("{at}.health.interval"), &h.interval)?;
+        let timeout = self.duration(&format!("{at}.health.timeout"), &h.timeout)?;
+        if interval.is_zero() {
+            return Err(self.err(format!("{at}.health.interval"), "must be greater than zero"));
+        }
+        if timeout.is_zero() || timeout > interval {
+            return Err(self.err(
+                format!("{at}.health.timeout"),
+                "must be greater than zero and at most health.interval",
+            ));
+        }
+        if h.rise == 0 {
+            return Err(self.err(format!("{at}.health.rise"), "must be at least 1"));
+        }
+        if h.fall == 0 {
+            return Err(self.err(format!("{at}.health.fall"), "must be at least 1"));
+        }
+        Ok(HealthConfig {
+            path,
+            interval,
+            timeout,
+            rise: h.rise,
+            fall: h.fall,
+        })
+    }
+
+    /// An exact host or wildcard claimed by two pools would make routing depend on table order.
+    fn check_hosts(&self, pools: &[PoolConfig]) -> Result<(), ConfigError> {
+        let mut seen: Vec<(&HostPattern, &str)> = Vec::new();
+        for p in pools {
+            for h in &p.hosts {
+                if let Some((_, other)) = seen.iter().find(|(s, _)| *s == h) {
+                    return Err(self.err(
+                        format!("pools.{}.hosts", p.name),
+                        format!("{h:?} is already routed to pool {other}"),
+                    ));
+                }
+                seen.push((h, &p.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether listeners on `a` and `b` would take the same connections: one port (not 0, which
+/// picks a free one) and the same address (an IPv4-mapped IPv6 one counts as its IPv4), or a
+/// wildcard covering the other: `0.0.0.0` covers IPv4, `[::]` everything (dual stack).
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() != b.port() || a.port() == 0 {
+        return false;
+    }
+    let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let covers =
+        |wild: IpAddr, other: IpAddr| wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4());
+    a == b || covers(a, b) || covers(b, a)
+}

@@ -1,0 +1,13 @@
+//! The control plane: what changes the running proxy, apart from the requests it serves.
+//!
+//! | file | owns |
+//! |---|---|
+//! | [`runtime`] | [`runtime::Runtime`]: the first snapshot, admin states and drains, starting and stopping the rest |
+//! | [`reload`] | reloading the config, and its triggers: file watch, SIGHUP, the drain ticker |
+//! | [`health`] | active health checks, one task per backend |
+//! | [`admin`] | the admin listener: metrics, status, the page, admin states, reload |
+
+pub mod admin;
+pub mod health;
+pub mod reload;
+pub mod runtime;

@@ -1,0 +1,189 @@
+//! The control plane's one object: [`Runtime`] owns what changes the running configuration and
+//! the backends' admin states, beside the [`Shared`] state the data path reads.
+//!
+//! It builds the first snapshot, starts the background work ([`Runtime::start`]: health checks,
+//! reload triggers, the drain ticker, the admin API) and stops it, sets admin states and runs
+//! their drain timers, and resizes the connection slots. Reloading itself is `reload.rs`'s (an
+//! `impl Runtime` of its own), health checking `health.rs`'s, the admin API `admin.rs`'s.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::control::health::HealthCheckers;
+use crate::control::{admin, reload};
+use crate::metrics::Metrics;
+use crate::state::backend::{AdminState, Backend};
+use crate::state::registry::Registry;
+use crate::state::snapshot::Snapshot;
+use crate::state::Shared;
+
+/// Why an admin state change was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminError {
+    NoSuchBackend,
+    /// The configuration no longer lists it; it is draining out.
+    Removed,
+}
+
+/// When the configuration was last (re)loaded, and the last failure.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadStatus {
+    pub last_ok: Option<SystemTime>,
+    pub last_error: Option<(SystemTime, String)>,
+}
+
+/// The control plane.
+pub struct Runtime {
+    shared: Arc<Shared>,
+    /// Backends by stable id, across snapshots.
+    pub(super) registry: Registry,
+    pub(super) health: HealthCheckers,
+    /// How many slots `shared.connection_slots` is meant to have (a reload may change it).
+    slots: Mutex<usize>,
+    /// Serialises reloads and the expiry of leaving backends; the last reload's outcome.
+    pub(super) reloading: Mutex<ReloadStatus>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").finish_non_exhaustive()
+    }
+}
+
+/// The control plane's background work, stopped when this is dropped.
+#[must_use = "the background work stops when this is dropped"]
+pub struct Running {
+    runtime: Arc<Runtime>,
+    stop: CancellationToken,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.runtime.health.stop_all();
+    }
+}
+
+impl Runtime {
+    /// Builds the first snapshot of `config` (its certificates loaded) and the state around it.
+    pub fn new(config: Config) -> Result<Arc<Runtime>, ConfigError> {
+        let registry = Registry::new(Arc::new(Metrics::new()));
+        let slots = config.limits.max_connections;
+        let snapshot = Snapshot::build(config, &registry)?;
+        let shared = Arc::new(Shared::new(snapshot, registry.metrics().clone()));
+        Ok(Arc::new(Runtime {
+            shared,
+            registry,
+            health: HealthCheckers::default(),
+            slots: Mutex::new(slots),
+            reloading: Mutex::new(ReloadStatus {
+                last_ok: Some(SystemTime::now()),
+                last_error: None,
+            }),
+        }))
+    }
+
+    /// Starts the background work, on the calling tokio runtime: a health checker per backend,
+    /// the reload triggers (file watch, SIGHUP) and the drain ticker, and the admin API on
+    /// `admin` when there is one. It runs until the returned guard drops.
+    pub fn start(self: &Arc<Self>, admin: Option<TcpListener>) -> anyhow::Result<Running> {
+        let stop = CancellationToken::new();
+        let running = Running {
+            runtime: self.clone(),
+            stop: stop.clone(),
+        };
+        self.health.sync(&self.snapshot());
+        reload::start(self.clone(), stop.clone());
+        if let Some(admin) = admin {
+            tracing::info!(addr = %admin.local_addr()?, "admin listening");
+            tokio::spawn(admin::serve(admin, self.clone(), stop));
+        }
+        Ok(running)
+    }
+
+    /// The state the data path reads.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The current snapshot, for a short synchronous look; never hold it across an `.await`.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.shared.snapshot()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// The health checkers of the current snapshot's backends.
+    pub fn health(&self) -> &HealthCheckers {
+        &self.health
+    }
+
+    /// Sets a backend's admin state. Draining starts the pool's `drain_timeout`, after which the
+    /// backend's remaining tunnels are closed unless its state changed meanwhile. A backend the
+    /// configuration no longer lists is draining out and cannot be changed.
+    pub fn set_admin_state(
+        &self,
+        pool: &str,
+        id: &str,
+        state: AdminState,
+    ) -> Result<(), AdminError> {
+        let snap = self.snapshot();
+        let Some((backend, drain_timeout)) = snap
+            .pool(pool)
+            .and_then(|p| Some((p.member(id)?.backend.clone(), p.config.drain_timeout)))
+        else {
+            return Err(AdminError::NoSuchBackend);
+        };
+        if backend.is_removed() {
+            return Err(AdminError::Removed);
+        }
+        let before = backend.admin();
+        let generation = backend.set_admin(state);
+        tracing::info!(%pool, backend = %id, from = ?before, to = ?state, "admin state changed");
+        if state == AdminState::Draining {
+            drain_after(backend, generation, drain_timeout);
+        }
+        Ok(())
+    }
+
+    /// Makes `shared.connection_slots` hold `wanted` slots in all.
+    pub(super) fn resize_connection_slots(&self, wanted: usize) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let sem = self.shared.connection_slots.clone();
+        if wanted > *slots {
+            sem.add_permits(wanted - *slots);
+        } else if wanted < *slots {
+            let excess = *slots - wanted;
+            let forgotten = sem.forget_permits(excess);
+            if forgotten < excess {
+                // The rest are held by open connections: take them back as those close. New
+                // connections wait meanwhile, as they would at the new cap.
+                let debt = u32::try_from(excess - forgotten).unwrap_or(u32::MAX);
+                tokio::spawn(async move {
+                    if let Ok(p) = sem.acquire_many_owned(debt).await {
+                        p.forget();
+                    }
+                });
+            }
+        }
+        *slots = wanted;
+    }
+}
+
+/// Closes `backend`'s tunnels once `timeout` has passed, if it is still in the drain that
+/// `generation` started.
+fn drain_after(backend: Arc<Backend>, generation: u64, timeout: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(timeout).await;
+        if backend.admin_generation() == generation && backend.sessions() > 0 {
+            tracing::info!(pool = %backend.pool, backend = %backend.id, sessions = backend.sessions(), "drain timeout: closing the remaining tunnels");
+            backend.close_tunnels();
+        }
+    });
+}

@@ -1,0 +1,114 @@
+//! What the client sees when rtcgate answers instead of a backend: [`ProxyError`] knows whether
+//! the client, the pool or the backend failed, and maps it to 400 / 404 / 503 / 502 / 504 with a
+//! short body that names no address. [`classify`] decides which backend failure is which.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use crate::balance::Rejection;
+use crate::proxy::body::ResponseBody;
+use crate::proxy::upstream::UpstreamError;
+use crate::state::backend::Backend;
+
+/// Seconds a client is told to wait in `Retry-After` when no backend can take it.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// Why a request got no answer from a backend, and so which status the client sees.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The client's request is malformed → 400.
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+    /// No pool serves the requested host → 404.
+    #[error("no pool serves host {0:?}")]
+    NoRoute(String),
+    /// The pool has no backend for a new user → 503 with Retry-After.
+    #[error("no backend available ({})", .0.as_str())]
+    Rejected(Rejection),
+    /// The backend refused or reset the connection → 502.
+    #[error("backend {backend} failed: {cause}")]
+    Backend { backend: String, cause: String },
+    /// The backend did not connect or answer in time → 504.
+    #[error("backend {backend} timed out: {cause}")]
+    Timeout { backend: String, cause: String },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::Rejected(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Backend { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The short body the client sees: the status and a line that does not leak addresses.
+    fn client_message(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(m) => m,
+            ProxyError::NoRoute(_) => "no service is configured for this host",
+            ProxyError::Rejected(Rejection::Full) => "every server is full; retry later",
+            ProxyError::Rejected(Rejection::NoBackend) => "no server is available; retry later",
+            ProxyError::Rejected(Rejection::Down) => "your server is down; retry later",
+            ProxyError::Backend { .. } => "the server could not be reached",
+            ProxyError::Timeout { .. } => "the server did not answer in time",
+        }
+    }
+
+    /// The response rtcgate sends for this error.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let body = format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self.client_message()
+        );
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        resp
+    }
+}
+
+/// Maps a failure to reach or hear from a backend to what the client should see.
+pub(super) fn classify(backend: &Backend, e: UpstreamError) -> ProxyError {
+    if !e.maybe_sent() {
+        backend.metrics.connect_errors.inc();
+    }
+    if e.client_fault() {
+        return ProxyError::BadRequest("the request body broke off");
+    }
+    let backend = backend.id.to_string();
+    let cause = error_chain(&e);
+    match e {
+        UpstreamError::ConnectTimeout(_) => ProxyError::Timeout { backend, cause },
+        UpstreamError::Connect(_) | UpstreamError::Closed(_) | UpstreamError::Http(_) => {
+            ProxyError::Backend { backend, cause }
+        }
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

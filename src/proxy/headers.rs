@@ -1,0 +1,390 @@
+//! Header hygiene and the backend's request: what the request path reads from a client's
+//! request (host, room) and how the request becomes the backend's (origin URI, hop-by-hop
+//! headers gone, HTTP/2 cookies joined, the forwarding headers added).
+//!
+//! Hop-by-hop: the static list of RFC 9110 §7.6.1 plus every name `Connection` lists, on the way
+//! in and on the way out; `Upgrade`/`Connection` are added back only for a WebSocket (by
+//! `tunnel.rs`). The proxy's own cookie is taken out by `sticky.rs` before this runs.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Uri, Version};
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Incoming};
+
+use crate::proxy::conn::ConnInfo;
+use crate::proxy::error::ProxyError;
+use crate::proxy::tunnel;
+use crate::proxy::upstream::UpstreamBody;
+
+/// The room a request names: the pool's room query parameter, else the `X-Rtcgate-Room` header.
+pub(super) fn room_of<'r, B>(req: &'r Request<B>, param: Option<&str>) -> Option<Cow<'r, str>> {
+    let from_query = param.and_then(|param| {
+        form_urlencoded::parse(req.uri().query()?.as_bytes())
+            .find(|(k, _)| k == param)
+            .map(|(_, v)| v)
+    });
+    from_query
+        .or_else(|| {
+            req.headers()
+                .get(&X_RTCGATE_ROOM)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| Cow::Borrowed(v.trim()))
+        })
+        .filter(|r| !r.is_empty())
+}
+
+/// The host a request is for: the HTTP/2 `:authority` or the HTTP/1.1 `Host` header.
+pub(super) fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
+        .filter(|h| !h.is_empty())
+}
+
+/// `host[:port]` → `host`, leaving IPv6 literals' brackets alone.
+pub(super) fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+/// Turns the client's request into the backend's: origin URI on the backend's address, hop-by-hop
+/// headers gone, `Host` kept, and the forwarding headers added.
+/// For a WebSocket, also returns the `Sec-WebSocket-Accept` the backend must answer with.
+pub(super) fn upstream_request(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    websocket: Option<tunnel::Kind>,
+) -> Result<(Request<UpstreamBody>, Option<String>), ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    if parts.method == Method::CONNECT && websocket.is_none() {
+        return Err(ProxyError::BadRequest("CONNECT is not supported here"));
+    }
+    // HTTP/2 names the host in `:authority`, which becomes `Host`; HTTP/1.1's `Host` stays.
+    let (host, host_from_authority) = match parts.uri.authority() {
+        Some(a) => (
+            HeaderValue::from_str(a.as_str())
+                .map_err(|_| ProxyError::BadRequest("invalid authority"))?,
+            true,
+        ),
+        None => (
+            parts
+                .headers
+                .get(header::HOST)
+                .cloned()
+                .ok_or(ProxyError::BadRequest("the request names no host"))?,
+            false,
+        ),
+    };
+    let client_version = parts.version;
+    // Room for the forwarding headers, so adding them does not regrow the map.
+    parts.headers.reserve(5);
+    strip_hop_by_hop(&mut parts.headers);
+    if client_version == Version::HTTP_2 {
+        join_cookies(&mut parts.headers);
+    }
+    add_forwarding(&mut parts.headers, conn, &host);
+    if host_from_authority {
+        parts.headers.insert(header::HOST, host);
+    }
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    // Origin form: the connection already goes to the backend.
+    parts.uri = Uri::from(path);
+    parts.version = Version::HTTP_11;
+    let Some(kind) = websocket else {
+        return Ok((Request::from_parts(parts, Either::Left(body)), None));
+    };
+    // An upgrade carries no body; the stream's bytes go through the tunnel. A declared body
+    // would be left unsent and desynchronise the backend connection, so it is refused.
+    if kind == tunnel::Kind::H1Upgrade && !body.is_end_stream() {
+        return Err(ProxyError::BadRequest(
+            "a WebSocket upgrade cannot carry a body",
+        ));
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let accept = tunnel::prepare_upstream(kind, &mut parts.method, &mut parts.headers).ok_or(
+        ProxyError::BadRequest("a WebSocket upgrade needs Sec-WebSocket-Key"),
+    )?;
+    Ok((
+        Request::from_parts(parts, Either::Right(Empty::new())),
+        Some(accept),
+    ))
+}
+
+/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1), whatever
+/// `Connection` says. `Connection` comes first.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The names of [`HOP_BY_HOP`] as bytes, in its order.
+const HOP_BY_HOP_NAMES: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// `name`'s place in [`HOP_BY_HOP`], for a name in lowercase.
+fn hop_by_hop_index(name: &str) -> Option<usize> {
+    HOP_BY_HOP_NAMES.iter().position(|h| *h == name.as_bytes())
+}
+
+/// Removes hop-by-hop headers: the static list and every name listed in `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry one of these at most (`Connection: keep-alive`): one pass over the
+    // names notes which are present, and only those are removed.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name.as_str()) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        return;
+    }
+    if present & 1 != 0 {
+        // `Connection` is taken out whole (every field of it) in the one lookup that reads it.
+        // The names it lists are removed after; `close` and `keep-alive` are options, not
+        // names, and the static names are handled below.
+        let mut listed = Vec::new();
+        if let Entry::Occupied(e) = headers.entry(header::CONNECTION) {
+            for value in e.remove_entry_mult().1 {
+                for token in value.as_bytes().split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    if token.is_empty()
+                        || token.eq_ignore_ascii_case(b"close")
+                        || HOP_BY_HOP_NAMES
+                            .iter()
+                            .any(|h| token.eq_ignore_ascii_case(h))
+                    {
+                        continue;
+                    }
+                    if let Ok(name) = HeaderName::from_bytes(token) {
+                        listed.push(name);
+                    }
+                }
+            }
+        }
+        for name in &listed {
+            headers.remove(name);
+        }
+    }
+    // `Connection` (bit 0) is gone already.
+    for (i, name) in HOP_BY_HOP.iter().enumerate().skip(1) {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+}
+
+/// HTTP/2 may split `Cookie` over several fields; an HTTP/1.1 backend needs one (RFC 9113 §8.2.3).
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(_), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let joined = join_values(headers.get_all(header::COOKIE).iter(), b"; ");
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// The bytes of `values`, one after the other with `separator` between them.
+fn join_values<'a>(values: impl Iterator<Item = &'a HeaderValue>, separator: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (i, v) in values.enumerate() {
+        if i > 0 {
+            out.extend_from_slice(separator);
+        }
+        out.extend_from_slice(v.as_bytes());
+    }
+    out
+}
+
+static X_RTCGATE_ROOM: HeaderName = HeaderName::from_static("x-rtcgate-room");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host`.
+fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
+    // One lookup per list header: `entry` instead of `contains_key` and then `insert`.
+    append_to_list(headers, &X_FORWARDED_FOR, &conn.xff_item);
+    // The cache holds a copy of the host: `host` is a view into the connection's read buffer,
+    // and keeping it would keep that whole buffer (8 KiB or more) for the connection's life,
+    // tunnels included.
+    let (cached_host, element) = conn.forwarded.get_or_init(|| {
+        let copy = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(host.as_bytes()));
+        (
+            copy.unwrap_or_else(|_| host.clone()),
+            forwarded_element(conn, host),
+        )
+    });
+    let fresh;
+    let element = if cached_host == host {
+        element
+    } else {
+        fresh = forwarded_element(conn, host);
+        &fresh
+    };
+    append_to_list(headers, &header::FORWARDED, element);
+    let proto = if conn.tls { "https" } else { "http" };
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    headers.insert(&X_FORWARDED_HOST, host.clone());
+}
+
+/// This hop's `Forwarded` element: `for=…;proto=…;host="…"`.
+fn forwarded_element(conn: &ConnInfo, host: &HeaderValue) -> HeaderValue {
+    let host_bytes = host.as_bytes();
+    let mut element = Vec::with_capacity(conn.forwarded_for.len() + host_bytes.len() + 8);
+    element.extend_from_slice(conn.forwarded_for.as_bytes());
+    // A host that a quoted-string cannot carry as is is left out rather than escaped.
+    if !host_bytes.is_empty() && !host_bytes.iter().any(|&b| b == b'"' || b == b'\\') {
+        element.extend_from_slice(b";host=\"");
+        element.extend_from_slice(host_bytes);
+        element.push(b'"');
+    }
+    HeaderValue::from_maybe_shared(Bytes::from(element))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Sets `name` to its values joined as one comma-separated list with `item` appended, or to
+/// `item` alone.
+fn append_to_list(headers: &mut HeaderMap, name: &'static HeaderName, item: &HeaderValue) {
+    match headers.entry(name) {
+        Entry::Vacant(e) => {
+            e.insert(item.clone());
+        }
+        Entry::Occupied(mut e) => {
+            let out = join_values(e.iter().chain([item]), b", ");
+            // An earlier hop may have sent bytes a header cannot hold; the list then starts
+            // afresh.
+            let joined = HeaderValue::from_maybe_shared(Bytes::from(out));
+            e.insert(joined.unwrap_or_else(|_| item.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::SocketAddr;
+
+    use crate::proxy::conn::Held;
+
+    #[test]
+    fn strips_static_and_connection_listed_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        // A second `Connection` field counts as much as the first.
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("2"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn the_hop_by_hop_index_matches_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name.as_str()), Some(i), "{name}");
+            assert_eq!(HOP_BY_HOP_NAMES[i], name.as_str().as_bytes(), "{name}");
+        }
+        assert_eq!(hop_by_hop_index("x-kept"), None);
+    }
+
+    #[test]
+    fn forwarded_names_the_host_of_each_request_on_a_connection() {
+        let peer: SocketAddr = "192.0.2.7:5000".parse().expect("addr");
+        let conn = ConnInfo::new(peer, true, Held::default());
+        for host in ["a.example", "b.example", "a.example"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::FORWARDED,
+                HeaderValue::from_static("for=198.51.100.1"),
+            );
+            add_forwarding(&mut h, &conn, &HeaderValue::from_static(host));
+            let want = format!("for=198.51.100.1, for=192.0.2.7;proto=https;host=\"{host}\"");
+            assert_eq!(h[header::FORWARDED], want.as_str());
+            assert_eq!(h[&X_FORWARDED_HOST], host);
+            assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
+        }
+    }
+
+    #[test]
+    fn a_connection_keeps_no_view_into_a_request_buffer() {
+        // hyper's header values are slices of the connection's read buffer; a tunnel lives as
+        // long as its ConnInfo, and one such slice kept there held 13 KiB per idle tunnel.
+        let buffer = Bytes::from(vec![b'h'; 8192]);
+        let host = HeaderValue::from_maybe_shared(buffer.slice(100..111)).expect("host");
+        let conn = ConnInfo::new(
+            "192.0.2.7:5000".parse().expect("addr"),
+            false,
+            Held::default(),
+        );
+        add_forwarding(&mut HeaderMap::new(), &conn, &host);
+        let within = buffer.as_ptr_range();
+        let (cached_host, element) = conn.forwarded.get().expect("cached");
+        for kept in [cached_host, element] {
+            assert!(
+                !within.contains(&kept.as_bytes().as_ptr()),
+                "{kept:?} is a view into the request's buffer"
+            );
+        }
+        assert_eq!(cached_host, &host);
+    }
+
+    #[test]
+    fn host_port_is_stripped_but_ipv6_kept() {
+        assert_eq!(strip_port("example.com:8443"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:8443"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn h2_cookies_join_into_one() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "a=1; b=2");
+    }
+}

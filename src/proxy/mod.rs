@@ -1,0 +1,23 @@
+//! The data path for one request: from a client's request to its response, and the tunnel a
+//! WebSocket upgrade becomes.
+//!
+//! | file | owns |
+//! |---|---|
+//! | [`handler`] | the request path: route → place → forward → respond; its one entry is [`handler::Handler::handle`] |
+//! | [`conn`] | what a client connection carries for its requests: peer, forwarding parts, in-progress counters |
+//! | [`headers`] | header hygiene: hop-by-hop, forwarding headers, host and room; the backend's request |
+//! | [`error`] | what the client sees when rtcgate answers: 400 / 404 / 502 / 503 / 504 |
+//! | [`body`] | a proxied response body and what it holds until it ends |
+//! | [`upstream`] | keep-alive HTTP/1.1 connections to backends, one pool per worker |
+//! | [`tunnel`] | WebSocket upgrades (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT) and the byte pump |
+//!
+//! Sockets, TLS and client-side limits are `server`'s; which backend takes a request is
+//! `balance`'s.
+
+pub mod body;
+pub mod conn;
+pub mod error;
+pub mod handler;
+pub mod headers;
+pub mod tunnel;
+pub mod upstream;

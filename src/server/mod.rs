@@ -1,0 +1,61 @@
+//! The client side of the data path: listening sockets, worker threads, each connection's TLS
+//! handshake and HTTP serving under its limits, and the order of shutdown.
+//!
+//! | file | owns |
+//! |---|---|
+//! | [`listeners`] | binding the configured addresses; each worker's own socket (`SO_REUSEPORT`) |
+//! | [`workers`] | the worker threads, their accept loops and the hand-off to the least loaded |
+//! | [`connection`] | one connection: TLS under a timeout, hyper, the header-read and idle watchdog |
+//! | [`gate`] | the waker that keeps the watchdog off a busy connection's hot path |
+//!
+//! What a request does is `proxy`'s; the admin listener and everything that changes the
+//! configuration is the control plane's (`control`), which `lib.rs` starts beside this.
+
+pub mod connection;
+mod gate;
+pub mod listeners;
+pub mod workers;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::server::listeners::Traffic;
+use crate::server::workers::Workers;
+use crate::state::Shared;
+
+pub use crate::server::listeners::Listeners;
+
+/// Serves `traffic` until `shutdown` completes, then stops accepting, gives in-flight requests
+/// `limits.shutdown_grace` to finish, and returns.
+///
+/// Connections are served by `limits.workers` threads, each with its own single-threaded tokio
+/// runtime accepting from sockets of its own (see `listeners::worker_socket`): a connection, its
+/// requests and their backend connections stay on one thread, which spares the cross-thread
+/// wake-ups that dominate a work-stealing scheduler's cost at this request size. The caller's
+/// runtime keeps only the control work.
+pub async fn run(
+    traffic: Traffic,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let workers = Workers::start(traffic, shared.clone())?;
+
+    shutdown.await;
+    let grace = shared.snapshot().config.limits.shutdown_grace;
+    tracing::info!(
+        ?grace,
+        "shutting down: no new connections, in-flight requests may finish"
+    );
+    workers.stop_accepting();
+    shared.tasks.close();
+    if tokio::time::timeout(grace, shared.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = shared.tasks.len(),
+            "grace period over; closing the remaining connections"
+        );
+    }
+    workers.stop().await
+}

@@ -1,0 +1,6 @@
+//! What parts of the configuration compile into for serving: the TLS server config
+//! ([`tls`]) and the HTTP server builders ([`http`]). Both are built once per snapshot, so a
+//! reload applies them to new connections while open ones keep theirs.
+
+pub mod http;
+pub mod tls;

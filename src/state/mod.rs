@@ -1,0 +1,74 @@
+//! What requests read, and what outlives a reload.
+//!
+//! | file | owns |
+//! |---|---|
+//! | [`backend`] | one backend's runtime state: health, admin state, counters and their guards |
+//! | [`registry`] | backends by (pool, id, address), carried across reloads; removed ones drain |
+//! | [`rooms`] | live rooms: which backend holds each room's open tunnels |
+//! | [`snapshot`] | the immutable, config-derived view: pools, members, routing, keys, TLS |
+//!
+//! [`Shared`] is the one value the data path and the control plane both hold: the snapshot
+//! swap, the live rooms, the metrics, the tasks shutdown waits for, and the connection slots.
+//! The data path only reads the snapshot; the control plane (`control::Runtime`) publishes new
+//! ones and resizes the slots.
+
+pub mod backend;
+pub mod registry;
+pub mod rooms;
+pub mod snapshot;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::Metrics;
+use crate::state::rooms::LiveRooms;
+use crate::state::snapshot::Snapshot;
+
+/// The state both planes share.
+pub struct Shared {
+    snapshot: ArcSwap<Snapshot>,
+    pub rooms: Arc<LiveRooms>,
+    pub metrics: Arc<Metrics>,
+    /// Client connections and the tunnels they became, which shutdown waits for.
+    pub tasks: TaskTracker,
+    /// Slots under `max_connections`: a client connection holds one for its whole life.
+    pub connection_slots: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// State around a first snapshot, with as many connection slots as it allows.
+    pub fn new(snapshot: Snapshot, metrics: Arc<Metrics>) -> Shared {
+        let slots = snapshot.config.limits.max_connections;
+        Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            rooms: Arc::default(),
+            metrics,
+            tasks: TaskTracker::new(),
+            connection_slots: Arc::new(Semaphore::new(slots)),
+        }
+    }
+
+    /// The current snapshot, for a short synchronous look; never hold it across an `.await`.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// The current snapshot, to keep.
+    pub fn snapshot_full(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Makes `snap` the one new requests read.
+    pub fn publish(&self, snap: Arc<Snapshot>) {
+        self.snapshot.store(snap);
+    }
+}

@@ -1,0 +1,75 @@
+//! Live rooms: which backend holds each room's open tunnels in this instance. A room stays on
+//! its backend while it has tunnels there, whatever the load its own sessions add; placement
+//! (`balance.rs`) reads it, the tunnel's [`RoomTunnel`] guard keeps it exact.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::state::backend::Backend;
+
+/// Rooms with open tunnels in this instance, and where they are: a room stays on its backend
+/// while it has tunnels there, whatever the load its own sessions add.
+#[derive(Debug, Default)]
+pub struct LiveRooms {
+    pools: Mutex<HashMap<Arc<str>, RoomsOfPool>>,
+}
+
+/// Room name → (backend id, open tunnels).
+type RoomsOfPool = HashMap<String, (Arc<str>, u32)>;
+
+impl LiveRooms {
+    /// The backend holding `room`'s tunnels, if it has any open.
+    pub fn backend_of(&self, pool: &str, room: &str) -> Option<Arc<str>> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.get(pool)?.get(room).map(|(id, _)| id.clone())
+    }
+
+    /// Counts one tunnel of `room` on `backend` until the guard drops.
+    pub fn enter(self: &Arc<Self>, backend: &Backend, room: &str) -> RoomTunnel {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let rooms = pools.entry(backend.pool.clone()).or_default();
+        let entry = rooms
+            .entry(room.to_string())
+            .or_insert_with(|| (backend.id.clone(), 0));
+        // A room that moved (its backend failed) follows its newest tunnel.
+        if entry.0 != backend.id {
+            *entry = (backend.id.clone(), 0);
+        }
+        entry.1 += 1;
+        RoomTunnel {
+            rooms: self.clone(),
+            pool: backend.pool.clone(),
+            backend: backend.id.clone(),
+            room: room.to_string(),
+        }
+    }
+}
+
+/// One open tunnel of a room; dropping it ends the count.
+#[derive(Debug)]
+pub struct RoomTunnel {
+    rooms: Arc<LiveRooms>,
+    pool: Arc<str>,
+    backend: Arc<str>,
+    room: String,
+}
+
+impl Drop for RoomTunnel {
+    fn drop(&mut self) {
+        let mut pools = self.rooms.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rooms) = pools.get_mut(&*self.pool) else {
+            return;
+        };
+        if let Some(entry) = rooms.get_mut(&self.room) {
+            if entry.0 == self.backend {
+                entry.1 = entry.1.saturating_sub(1);
+                if entry.1 == 0 {
+                    rooms.remove(&self.room);
+                }
+            }
+        }
+        if rooms.is_empty() {
+            pools.remove(&*self.pool);
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! rtcgate's integration tests, one binary (as ripgrep keeps them): real sockets on loopback,
+//! demo backends, the proxy started in-process from `support.rs` (or as the binary, in
+//! `binary.rs`). One file per feature.
+
+mod support;
+
+mod admin;
+mod binary;
+mod bodies;
+mod config;
+mod front_door;
+mod health;
+mod reload;
+mod sticky;
+mod websocket;
