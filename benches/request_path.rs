@@ -19,7 +19,7 @@ use tokio::runtime::Runtime;
 
 // The tests' helpers: the same proxy the tests start. The bench uses a few of them.
 #[allow(dead_code)]
-#[path = "../tests/it/support.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 /// A demo backend and rtcgate in front of it (plain listener): their addresses, and the proxy to

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 // The tests' helpers: the same proxy the tests start. The bench uses a few of them.
 #[allow(dead_code)]
-#[path = "../tests/it/support.rs"]
+#[path = "../tests/it/support/mod.rs"]
 mod support;
 
 const MESSAGE: usize = 64 * 1024;

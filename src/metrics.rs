@@ -366,3 +366,69 @@ impl PoolMetrics {
             .inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each outcome and reason counts in the series with its own label (the recorders index
+    /// arrays by the enums' order).
+    #[test]
+    fn each_label_value_counts_in_its_own_series() {
+        let m = Metrics::new();
+        let pool = m.pool("media");
+        for (n, o) in Outcome::ALL.into_iter().enumerate() {
+            for _ in 0..=n {
+                pool.sticky(o);
+            }
+        }
+        for (n, r) in Rejection::ALL.into_iter().enumerate() {
+            for _ in 0..=n {
+                pool.rejected(r);
+            }
+        }
+        let text = m.render([]);
+        for (n, o) in Outcome::ALL.into_iter().enumerate() {
+            let line = format!(
+                "rtcgate_sticky_total{{outcome=\"{}\",pool=\"media\"}} {}",
+                o.as_str(),
+                n + 1
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+        for (n, r) in Rejection::ALL.into_iter().enumerate() {
+            let line = format!(
+                "rtcgate_rejected_total{{pool=\"media\",reason=\"{}\"}} {}",
+                r.as_str(),
+                n + 1
+            );
+            assert!(text.contains(&line), "{line} in\n{text}");
+        }
+    }
+
+    /// The state gauges show what they are handed, one state at 1, and nothing of a backend
+    /// no longer handed in.
+    #[test]
+    fn state_gauges_follow_what_each_scrape_is_given() {
+        let m = Metrics::new();
+        let b = BackendGauges {
+            pool: "media",
+            id: "m1",
+            up: false,
+            sessions: 3,
+            inflight: 1,
+            state: "down",
+        };
+        let text = m.render([b]);
+        for line in [
+            "rtcgate_backend_up{backend=\"m1\",pool=\"media\"} 0",
+            "rtcgate_backend_sessions{backend=\"m1\",pool=\"media\"} 3",
+            "rtcgate_backend_state{backend=\"m1\",pool=\"media\",state=\"down\"} 1",
+            "rtcgate_backend_state{backend=\"m1\",pool=\"media\",state=\"up\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        let text = m.render([]);
+        assert!(!text.contains("backend=\"m1\""), "{text}");
+    }
+}

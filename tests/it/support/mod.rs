@@ -1,0 +1,128 @@
+//! Test support: demo backends and a proxy on `127.0.0.1:0`, and real HTTP/1.1, HTTP/2 and
+//! WebSocket clients over TLS or plain TCP. The benches use it too (`#[path]`), for the same
+//! proxy.
+//!
+//! | file | what |
+//! |---|---|
+//! | here | time bounds, backends, configs, certificates |
+//! | `proxy.rs` | [`TestProxy`]: rtcgate in-process on fresh ports, and clients of it |
+//! | `client.rs` | [`HttpClient`] and whole [`Reply`]s |
+//! | `ws.rs` | WebSocket handshakes, echoes and closes |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtcgate::demo::DemoBackend;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
+
+mod client;
+mod proxy;
+mod ws;
+
+pub use client::*;
+pub use proxy::*;
+pub use ws::*;
+
+/// Upper bound for any single step of a test; a step that takes longer is a hang.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Fails the test if `fut` takes longer than [`STEP`].
+pub async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(STEP, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no result within {STEP:?}"))
+}
+
+/// A demo backend on a fresh loopback port.
+pub async fn spawn_backend(id: &str) -> Arc<DemoBackend> {
+    let l = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind backend");
+    DemoBackend::spawn(id, l)
+}
+
+/// `n` demo backends named `b1`, `b2`, ….
+pub async fn spawn_backends(n: usize) -> Vec<Arc<DemoBackend>> {
+    let mut v = Vec::new();
+    for i in 1..=n {
+        v.push(spawn_backend(&format!("b{i}")).await);
+    }
+    v
+}
+
+/// A loopback address on which nothing listens (bound, then released).
+pub async fn dead_address() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// A proxy.toml with one pool `media` over `backends`; `limits` lines go under `[limits]`,
+/// `pool` lines under `[pools.media]`.
+pub fn config_toml(backends: &[(&str, SocketAddr)], limits: &str, pool: &str) -> String {
+    let mut s = format!(
+        r#"
+[listen]
+https = "127.0.0.1:0"
+http = "127.0.0.1:0"
+
+[tls]
+cert = "cert.pem"
+key = "key.pem"
+
+[sticky]
+keys = ["t1:test-secret-0123456789abcdef0123456789"]
+
+[limits]
+{limits}
+
+[pools.media]
+hosts = ["*"]
+{pool}
+"#
+    );
+    for (id, addr) in backends {
+        s.push_str(&format!(
+            "\n[[pools.media.backends]]\nid = \"{id}\"\naddress = \"{addr}\"\n"
+        ));
+    }
+    s
+}
+
+/// `config_toml` over running demo backends.
+pub fn config_for(backends: &[Arc<DemoBackend>], limits: &str) -> String {
+    let list: Vec<(&str, SocketAddr)> = backends.iter().map(|b| (b.id.as_str(), b.addr)).collect();
+    config_toml(&list, limits, "")
+}
+
+/// A test certificate for `localhost`, written into a temporary folder with the config.
+pub struct TestCerts {
+    pub dir: tempfile::TempDir,
+    pub cert_der: CertificateDer<'static>,
+}
+
+pub fn make_certs() -> TestCerts {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("rcgen");
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).expect("write cert");
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).expect("write key");
+    TestCerts {
+        cert_der: ck.cert.der().clone(),
+        dir,
+    }
+}
+
+/// Waits until `cond` holds, checking every 10 ms, for at most [`STEP`] in all (a check that
+/// hangs counts against it too).
+pub async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    let waiting = async {
+        while !cond().await {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout_at(deadline, waiting).await.is_err() {
+        panic!("{what}: not within {STEP:?}");
+    }
+}
