@@ -266,6 +266,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 rise: 1,
                 fall: 1,
+                port: 0,
             },
             backends: vec![],
         };

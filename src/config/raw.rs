@@ -130,6 +130,8 @@ pub(super) struct RawHealth {
     pub(super) rise: u32,
     #[serde(default = "default_rise_fall")]
     pub(super) fall: u32,
+    #[serde(default)]
+    pub(super) port: u16,
 }
 
 impl Default for RawHealth {
@@ -140,6 +142,7 @@ impl Default for RawHealth {
             timeout: default_health_timeout(),
             rise: default_rise_fall(),
             fall: default_rise_fall(),
+            port: 0,
         }
     }
 }
@@ -152,6 +155,8 @@ pub(super) struct RawBackend {
     pub(super) max_sessions: Option<u32>,
     #[serde(default = "default_weight")]
     pub(super) weight: u32,
+    #[serde(default)]
+    pub(super) health_port: u16,
 }
 
 pub(super) fn default_cookie() -> String {

@@ -182,6 +182,8 @@ pub struct PoolConfig {
 pub struct HealthConfig {
     /// `None`: a TCP connect check.
     pub path: Option<String>,
+    /// The port checked instead of each backend's own (HAProxy's `check port`); 0: its own.
+    pub port: u16,
     pub interval: Duration,
     pub timeout: Duration,
     pub rise: u32,
@@ -193,6 +195,10 @@ pub struct BackendConfig {
     /// Stable id: cookies name this, never a list position.
     pub id: String,
     pub address: SocketAddr,
+    /// Where its health is checked: `address`, with the port of its `health_port` or of the
+    /// pool's `health.port` when either is set (Janus, say, answers HTTP checks on a port of
+    /// its own, not on its WebSocket port).
+    pub check_address: SocketAddr,
     pub max_sessions: u32,
     pub weight: u32,
 }

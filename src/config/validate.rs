@@ -364,8 +364,15 @@ impl Validator<'_> {
             if !(1..=1000).contains(&b.weight) {
                 return Err(self.err(format!("{key}.weight"), "must be from 1 to 1000"));
             }
+            let address = self.addr(&format!("{key}.address"), &b.address)?;
+            let mut check_address = address;
+            match (b.health_port, health.port) {
+                (0, 0) => {}
+                (0, port) | (port, _) => check_address.set_port(port),
+            }
             backends.push(BackendConfig {
-                address: self.addr(&format!("{key}.address"), &b.address)?,
+                address,
+                check_address,
                 id: b.id,
                 max_sessions,
                 weight: b.weight,
@@ -417,6 +424,7 @@ impl Validator<'_> {
             timeout,
             rise: h.rise,
             fall: h.fall,
+            port: h.port,
         })
     }
 

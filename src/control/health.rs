@@ -27,6 +27,8 @@ type Key = (Arc<str>, Arc<str>, SocketAddr);
 
 struct Running {
     config: HealthConfig,
+    /// Where it checks.
+    addr: SocketAddr,
     stop: CancellationToken,
 }
 
@@ -46,9 +48,9 @@ impl HealthCheckers {
             for m in &pool.members {
                 let b = &m.backend;
                 let key = (b.pool.clone(), b.id.clone(), b.addr);
-                let config = pool.config.health.clone();
+                let (config, addr) = (pool.config.health.clone(), m.check_addr);
                 match running.remove(&key) {
-                    Some(r) if r.config == config => {
+                    Some(r) if r.config == config && r.addr == addr => {
                         next.insert(key, r);
                     }
                     old => {
@@ -56,8 +58,8 @@ impl HealthCheckers {
                             old.stop.cancel();
                         }
                         let stop = CancellationToken::new();
-                        tokio::spawn(check_loop(b.clone(), config.clone(), stop.clone()));
-                        next.insert(key, Running { config, stop });
+                        tokio::spawn(check_loop(b.clone(), addr, config.clone(), stop.clone()));
+                        next.insert(key, Running { config, addr, stop });
                     }
                 }
             }
@@ -77,10 +79,15 @@ impl HealthCheckers {
     }
 }
 
-async fn check_loop(backend: Arc<Backend>, config: HealthConfig, stop: CancellationToken) {
+async fn check_loop(
+    backend: Arc<Backend>,
+    addr: SocketAddr,
+    config: HealthConfig,
+    stop: CancellationToken,
+) {
     loop {
         let result = tokio::select! {
-            r = probe(backend.addr, &config) => r,
+            r = probe(addr, &config) => r,
             _ = stop.cancelled() => return,
         };
         let check = match result {

@@ -22,7 +22,7 @@ pub struct Tracked {
     inner: Incoming,
     lease: Option<Lease>,
     ended: bool,
-    _inflight: InFlight,
+    _inflight: Option<InFlight>,
     _responding: Responding,
 }
 
@@ -31,7 +31,7 @@ impl Tracked {
     pub(super) fn new(
         inner: Incoming,
         lease: Option<Lease>,
-        inflight: InFlight,
+        inflight: Option<InFlight>,
         responding: Responding,
     ) -> Tracked {
         Tracked {

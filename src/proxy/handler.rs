@@ -31,6 +31,7 @@ use crate::proxy::headers::{
 use crate::proxy::tunnel;
 use crate::proxy::upstream::{Upstream, UpstreamLimits};
 use crate::state::backend::{Backend, Check, InFlight, Session};
+use crate::state::rooms::RoomTunnel;
 use crate::state::snapshot::Snapshot;
 use crate::state::Shared;
 use crate::sticky::{self, CookiePin};
@@ -133,15 +134,31 @@ impl Handler {
         // Without a cookie of ours there is nothing to strip (one header lookup fewer).
         let has_ours = pin != CookiePin::None;
         let room = room_of(req, pool.config.room_param.as_deref());
-        let live_on = room
-            .as_deref()
-            .and_then(|r| self.shared.rooms.backend_of(&pool.config.name, r));
-        let room_ref = room.as_deref().map(|name| balance::Room {
-            name,
-            live_on: live_on.as_deref(),
-        });
-        let placed = match balance::place(pool, pin, room_ref, snap.sticky.when_down) {
-            Ok(p) => p,
+        let websocket = tunnel::websocket_kind(req);
+        let decide = |live_on: Option<&str>| {
+            let room = room.as_deref().map(|name| balance::Room { name, live_on });
+            balance::place(pool, pin, room, snap.sticky.when_down).map(|p| {
+                let backend = &*p.member.backend;
+                (p, backend)
+            })
+        };
+        // A WebSocket joining a room is counted in it as it is placed, so that joiners who
+        // arrive together meet on one backend; other requests only read where the room is.
+        let decided = match (&room, websocket) {
+            (Some(r), Some(_)) => self
+                .shared
+                .rooms
+                .join(&pool.config.name, r, decide)
+                .map(|(p, joined)| (p, Some(joined))),
+            _ => {
+                let live_on = room
+                    .as_deref()
+                    .and_then(|r| self.shared.rooms.backend_of(&pool.config.name, r));
+                decide(live_on.as_deref()).map(|(p, _)| (p, None))
+            }
+        };
+        let (placed, in_room) = match decided {
+            Ok(decided) => decided,
             Err(reason) => {
                 pool.metrics.rejected(reason);
                 pool.metrics.answered_without_backend(503);
@@ -157,13 +174,14 @@ impl Handler {
                 .set_cookie(&pool.config.name, &backend.id, now, tls),
         });
         let room = room.map(Cow::into_owned);
-        let websocket = tunnel::websocket_kind(req);
         if has_ours {
             snap.sticky.strip(req.headers_mut());
         }
         Ok(Plan {
-            inflight: backend.start_request(),
+            // A WebSocket counts once in its backend's load: as the session reserved for it.
+            inflight: websocket.is_none().then(|| backend.start_request()),
             session: websocket.map(|_| backend.open_session()),
+            in_room,
             websocket,
             backend: backend.clone(),
             set_cookie,
@@ -212,9 +230,12 @@ impl Handler {
                     })
                 }
             };
-            // A refused connect or a reset counts toward the backend's `fall`; a request body
-            // the client broke off does not.
-            if !e.client_fault() {
+            // Only what is the backend's own failure counts toward its `fall`: a connect
+            // refused, reset or timed out, a connection closed before it took the request. A
+            // request that left and then broke says nothing a client could not provoke at will:
+            // Janus closes an upgrade it will not take without an answer, and a client can
+            // break off its own body.
+            if !e.maybe_sent() {
                 backend.record_health(Check::Failed(&e), placed.rise, placed.fall);
             }
             let err = classify(&backend, e);
@@ -268,8 +289,13 @@ impl Handler {
             ),
         };
         Some(Plan {
-            inflight: backend.start_request(),
+            inflight: failed.inflight.as_ref().map(|_| backend.start_request()),
             session: failed.session.as_ref().map(|_| backend.open_session()),
+            in_room: failed
+                .in_room
+                .as_ref()
+                .zip(failed.room.as_deref())
+                .map(|(_, room)| self.shared.rooms.enter(backend, room)),
             backend: backend.clone(),
             set_cookie: Some(set_cookie),
             room: failed.room.clone(),
@@ -313,10 +339,8 @@ impl Handler {
         let stop = backend.tunnels_stop();
         backend.metrics.tunnels.inc();
         let pool_metrics = placed.pool_metrics.clone();
-        let room = placed
-            .room
-            .as_deref()
-            .map(|r| self.shared.rooms.enter(&backend, r));
+        // The room counted this participant when it was placed.
+        let room = placed.in_room;
         let idle = placed.tunnel_idle_timeout;
         self.shared.tasks.spawn(async move {
             let (client, upstream) = match tokio::join!(client, backend_io) {
@@ -352,7 +376,8 @@ impl Handler {
 /// guards that count it on its backend and the settings it needs on the way.
 struct Plan {
     backend: Arc<Backend>,
-    inflight: InFlight,
+    /// A plain request's count in its backend's in-flight requests.
+    inflight: Option<InFlight>,
     /// How the request asks for a WebSocket, if it does.
     websocket: Option<tunnel::Kind>,
     /// For a WebSocket, a session reserved at placement so that concurrent upgrades cannot
@@ -360,8 +385,11 @@ struct Plan {
     session: Option<Session>,
     /// `Set-Cookie` for the response, when the pin is new or changed.
     set_cookie: Option<HeaderValue>,
-    /// The room the request named, kept for a tunnel's lifetime.
+    /// The room the request named.
     room: Option<String>,
+    /// For a WebSocket naming a room, its count in the room from placement on; it becomes the
+    /// tunnel's.
+    in_room: Option<RoomTunnel>,
     pool_metrics: Arc<PoolMetrics>,
     /// Whether the client came over TLS (for the cookie's Secure attribute).
     tls: bool,

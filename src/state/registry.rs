@@ -23,6 +23,8 @@ pub struct Wanted<'a> {
     pub pool: &'a str,
     pub id: &'a str,
     pub addr: SocketAddr,
+    /// Where its health is checked.
+    pub check_addr: SocketAddr,
     pub weight: u32,
     pub max_sessions: u32,
     /// Its pool's `drain_timeout`, should it leave later.
@@ -34,6 +36,7 @@ pub struct Wanted<'a> {
 #[derive(Debug, Clone)]
 pub struct Leaving {
     pub backend: Arc<Backend>,
+    pub check_addr: SocketAddr,
     pub weight: u32,
     pub max_sessions: u32,
     pub until: Instant,
@@ -41,6 +44,7 @@ pub struct Leaving {
 
 struct Kept {
     backend: Arc<Backend>,
+    check_addr: SocketAddr,
     weight: u32,
     max_sessions: u32,
     drain_timeout: Duration,
@@ -108,6 +112,7 @@ impl Registry {
             kept.push(backend.clone());
             let k = Kept {
                 backend,
+                check_addr: w.check_addr,
                 weight: w.weight,
                 max_sessions: w.max_sessions,
                 drain_timeout: w.drain_timeout,
@@ -127,6 +132,7 @@ impl Registry {
                 key,
                 Leaving {
                     backend: gone.backend,
+                    check_addr: gone.check_addr,
                     weight: gone.weight,
                     max_sessions: gone.max_sessions,
                     until: now + gone.drain_timeout,
@@ -165,10 +171,12 @@ mod tests {
     use super::*;
 
     fn wanted<'a>(pool: &'a str, id: &'a str, addr: &str) -> Wanted<'a> {
+        let addr = addr.parse().expect("address");
         Wanted {
             pool,
             id,
-            addr: addr.parse().expect("address"),
+            addr,
+            check_addr: addr,
             weight: 1,
             max_sessions: 500,
             drain_timeout: Duration::from_secs(60),

@@ -1,6 +1,7 @@
-//! Live rooms: which backend holds each room's open tunnels in this instance. A room stays on
-//! its backend while it has tunnels there, whatever the load its own sessions add; placement
-//! (`balance.rs`) reads it, the tunnel's [`RoomTunnel`] guard keeps it exact.
+//! Live rooms: which backend holds each room's tunnels (open, or being opened) in this
+//! instance. A room stays on its backend while it has tunnels there, whatever the load its own
+//! sessions add; placement (`balance.rs`) reads it, and a joiner is counted the moment it is
+//! placed ([`LiveRooms::join`]), its [`RoomTunnel`] guard keeping the count exact.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,9 +25,37 @@ impl LiveRooms {
         pools.get(pool)?.get(room).map(|(id, _)| id.clone())
     }
 
+    /// Places a participant of `room` and counts it on the backend chosen, in one step: `place`
+    /// is handed the backend holding the room now, if any, and returns its choice (or why there
+    /// is none). Two joiners of a new room who arrive together thus see each other: the second
+    /// follows the first instead of being pushed elsewhere by the load the first one adds.
+    pub fn join<'b, T, E>(
+        self: &Arc<Self>,
+        pool: &str,
+        room: &str,
+        place: impl FnOnce(Option<&str>) -> Result<(T, &'b Backend), E>,
+    ) -> Result<(T, RoomTunnel), E> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let live = pools
+            .get(pool)
+            .and_then(|rooms| rooms.get(room))
+            .map(|(id, _)| id.clone());
+        let (placed, backend) = place(live.as_deref())?;
+        Ok((placed, self.count(&mut pools, backend, room)))
+    }
+
     /// Counts one tunnel of `room` on `backend` until the guard drops.
     pub fn enter(self: &Arc<Self>, backend: &Backend, room: &str) -> RoomTunnel {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        self.count(&mut pools, backend, room)
+    }
+
+    fn count(
+        self: &Arc<Self>,
+        pools: &mut HashMap<Arc<str>, RoomsOfPool>,
+        backend: &Backend,
+        room: &str,
+    ) -> RoomTunnel {
         let rooms = pools.entry(backend.pool.clone()).or_default();
         let entry = rooms
             .entry(room.to_string())

@@ -7,6 +7,7 @@
 //! survive the swap. Deciding which member takes a request is `balance.rs`'s.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
@@ -23,6 +24,8 @@ use crate::sticky::{PinCache, StickyCookie};
 #[derive(Debug)]
 pub struct Member {
     pub backend: Arc<Backend>,
+    /// Where its health is checked (its own address unless the config names a check port).
+    pub check_addr: SocketAddr,
     pub weight: u32,
     pub max_sessions: u32,
     /// Hash of the backend's id, the per-backend half of a room's rendezvous score.
@@ -35,6 +38,7 @@ impl Member {
     pub fn new(backend: Arc<Backend>, weight: u32, max_sessions: u32) -> Member {
         Member {
             id_hash: xxhash_rust::xxh3::xxh3_64(backend.id.as_bytes()),
+            check_addr: backend.addr,
             backend,
             weight,
             max_sessions,
@@ -118,6 +122,7 @@ impl Snapshot {
                     pool: &p.name,
                     id: &b.id,
                     addr: b.address,
+                    check_addr: b.check_address,
                     weight: b.weight,
                     max_sessions: b.max_sessions,
                     drain_timeout: p.drain_timeout,
@@ -137,6 +142,7 @@ impl Snapshot {
                     .zip(states.by_ref())
                     .map(|(b, backend)| Member {
                         pin_cache: sticky.cache_for(&p.name, &b.id),
+                        check_addr: b.check_address,
                         ..Member::new(backend, b.weight, b.max_sessions)
                     })
                     .collect();
@@ -146,6 +152,7 @@ impl Snapshot {
                     if !members.iter().any(|m| m.backend.id == l.backend.id) {
                         members.push(Member {
                             pin_cache: sticky.cache_for(&p.name, &l.backend.id),
+                            check_addr: l.check_addr,
                             ..Member::new(l.backend.clone(), l.weight, l.max_sessions)
                         });
                     }

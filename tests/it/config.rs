@@ -177,3 +177,45 @@ fn the_shipped_proxy_toml_is_valid() {
     rtcgate::settings::tls::server_config(&c).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.pools[0].backends.len(), 3);
 }
+
+/// A health check port, per pool or per backend, moves the check and nothing else: traffic
+/// still goes to the backend's address.
+#[test]
+fn health_ports_move_the_check_not_the_traffic() {
+    let certs = make_certs();
+    let toml = config_toml(
+        &[
+            ("own", "127.0.0.1:9001".parse().expect("addr")),
+            ("pooled", "127.0.0.1:9002".parse().expect("addr")),
+        ],
+        "",
+        "",
+    );
+    let toml = toml.replace(
+        "address = \"127.0.0.1:9001\"\n",
+        "address = \"127.0.0.1:9001\"\nhealth_port = 7088\n",
+    );
+    let c = load(certs.dir.path(), &toml).expect("per backend");
+    let b = &c.pools[0].backends;
+    assert_eq!(b[0].address.port(), 9001);
+    assert_eq!(b[0].check_address.port(), 7088);
+    assert_eq!(b[1].check_address, b[1].address, "no port named: its own");
+
+    let pooled = toml.replacen(
+        "[[pools.media.backends]]",
+        "[pools.media.health]\nport = 8088\n[[pools.media.backends]]",
+        1,
+    );
+    let c = load(certs.dir.path(), &pooled).expect("per pool");
+    let b = &c.pools[0].backends;
+    assert_eq!(
+        b[0].check_address.port(),
+        7088,
+        "the backend's own beats the pool's"
+    );
+    assert_eq!(b[1].check_address.port(), 8088);
+    assert_eq!(b[1].address.port(), 9002);
+
+    let err = load(certs.dir.path(), &toml.replace("7088", "70000")).expect_err("too big");
+    assert!(err.contains("health_port"), "{err}");
+}

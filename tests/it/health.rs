@@ -225,3 +225,97 @@ async fn a_client_breaking_its_own_request_body_does_not_eject_the_backend() {
     );
     assert_eq!(proxy.h1().await.get("/").await.status, StatusCode::OK);
 }
+
+/// A backend that closes a request without answering it gives the client a 502 but is not
+/// marked down: Janus closes a WebSocket upgrade that lacks its subprotocol that way, and four
+/// such requests from any client used to mark every backend down. Only failures that are the
+/// backend's own (refused, reset or timed out before the request left) count.
+#[tokio::test]
+async fn requests_a_backend_drops_unanswered_do_not_mark_it_down() {
+    use tokio::io::AsyncReadExt;
+    // Reads each request head and closes the connection. A TCP health check passes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let dropper = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = s.read(&mut head).await;
+            });
+        }
+    });
+    let health = "[pools.media.health]\npath = \"\"\ninterval = \"1h\"\nrise = 2\nfall = 2";
+    let proxy = spawn_proxy(&config_toml(&[("b1", addr)], "", health)).await;
+    let b1 = proxy.backend_state("b1");
+    for _ in 0..3 {
+        let r = proxy.ws_plain("/ws", None).await;
+        assert_eq!(
+            r.status,
+            StatusCode::BAD_GATEWAY,
+            "an upgrade closed unanswered"
+        );
+        let r = proxy.h1_plain().await.get("/").await;
+        assert_eq!(r.status, StatusCode::BAD_GATEWAY, "a GET closed unanswered");
+    }
+    assert!(
+        b1.is_up(),
+        "six unanswered requests marked the backend down"
+    );
+    assert_eq!(proxy.status_of("b1").await["state"], "up");
+    dropper.abort();
+}
+
+/// Health is checked on a port of its own where the config names one (HAProxy's `check
+/// port`): per backend with `health_port`, for a whole pool with `health.port`. Janus answers
+/// HTTP checks on its HTTP transport's port, and 403 to a GET on its WebSocket port.
+#[tokio::test]
+async fn health_is_checked_on_the_configured_port() {
+    let backends = spawn_backends(2).await;
+    for b in &backends {
+        b.set_healthy(false);
+    }
+    let checker = spawn_backend("checker").await;
+    let own = format!("address = \"{}\"\n", backends[0].addr);
+    let toml = with_health(&config_for(&backends, ""), FAST).replace(
+        &own,
+        &format!("{own}health_port = {}\n", checker.addr.port()),
+    );
+    let proxy = spawn_proxy(&toml).await;
+    let (b1, b2) = (proxy.backend_state("b1"), proxy.backend_state("b2"));
+    eventually("b2, checked on its own port, is down", async || !b2.is_up()).await;
+    eventually("the checker is asked twice, fall's worth", async || {
+        checker.health_checks() >= 2
+    })
+    .await;
+    assert!(
+        b1.is_up(),
+        "b1 is checked on the checker's port, which passes"
+    );
+    assert_eq!(backends[0].health_checks(), 0, "b1's own port was checked");
+    let mut proxy = proxy;
+    let stopped = within("shutdown", proxy.shutdown()).await;
+    stopped.expect("join").expect("clean shutdown");
+    let own_before = backends[1].health_checks();
+
+    // The pool's `health.port` covers every backend without a port of its own.
+    let checker = spawn_backend("checker").await;
+    let pool_port = format!("{FAST}port = {}\n", checker.addr.port());
+    let proxy = spawn_proxy(&with_health(&config_for(&backends, ""), &pool_port)).await;
+    let (b1, b2) = (proxy.backend_state("b1"), proxy.backend_state("b2"));
+    // Three rounds of checks for both, more than `fall`.
+    eventually("the checker is asked for both", async || {
+        checker.health_checks() >= 6
+    })
+    .await;
+    assert!(
+        b1.is_up() && b2.is_up(),
+        "both are checked on the pool's port"
+    );
+    assert_eq!(
+        backends[0].health_checks() + backends[1].health_checks(),
+        own_before,
+        "no backend's own port was checked"
+    );
+}

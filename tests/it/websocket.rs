@@ -340,3 +340,24 @@ async fn concurrent_upgrades_cannot_overshoot_max_sessions() {
     assert_eq!((opened, refused), (3, 17));
     assert_eq!(sessions(&proxy), 3);
 }
+
+/// Joiners of a new room who arrive together meet on one backend: a room split is a broken
+/// call. (An upgrade in flight counted twice in its backend's load, and the room was recorded
+/// only once the backend's 101 came, so the second joiner found the room's home over its
+/// bounded load and went elsewhere: with two Janus gateways, 1 to 4 of every 6 to 8 rooms.)
+#[tokio::test]
+async fn joiners_of_a_new_room_who_arrive_together_meet_on_one_backend() {
+    let backends = spawn_backends(2).await;
+    let toml = config_for(&backends, "")
+        .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nroom_param = \"room\"");
+    let proxy = spawn_proxy(&toml).await;
+    for room in 0..8 {
+        let path = format!("/ws?room=together-{room}");
+        let mut joined = join_all((0..6).map(|_| proxy.ws_plain(&path, None))).await;
+        let homes: std::collections::HashSet<String> = joined.iter().map(|j| j.backend()).collect();
+        assert_eq!(homes.len(), 1, "room {room} was split over {homes:?}");
+        for j in &mut joined {
+            echo(j.ws(), "in the room").await;
+        }
+    }
+}
