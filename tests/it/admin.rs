@@ -68,14 +68,6 @@ fn promtool_accepts(text: &str) -> Option<Result<(), String>> {
 /// How long headless Chromium may take to start and dump a page.
 const BROWSER_START: std::time::Duration = std::time::Duration::from_secs(60);
 
-fn required_in_ci(tool: &str) {
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{tool} is not installed, and CI must run this check (.ci/run installs it)"
-    );
-    eprintln!("{tool} not installed: that part of the test did not run");
-}
-
 #[tokio::test]
 async fn metrics_parse_and_move_with_traffic() {
     let backends = spawn_backends(3).await;

@@ -10,6 +10,7 @@ mod bodies;
 mod config;
 mod front_door;
 mod health;
+mod janus;
 mod layers;
 mod reload;
 mod sticky;

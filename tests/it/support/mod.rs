@@ -8,6 +8,7 @@
 //! | `proxy.rs` | [`TestProxy`]: rtcgate in-process on fresh ports, and clients of it |
 //! | `client.rs` | [`HttpClient`] and whole [`Reply`]s |
 //! | `ws.rs` | WebSocket handshakes, echoes and closes |
+//! | `janus.rs` | a pool of real Janus gateways, and a Janus API client |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,10 +19,12 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 
 mod client;
+mod janus;
 mod proxy;
 mod ws;
 
 pub use client::*;
+pub use janus::*;
 pub use proxy::*;
 pub use ws::*;
 
@@ -125,4 +128,14 @@ pub async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
     if tokio::time::timeout_at(deadline, waiting).await.is_err() {
         panic!("{what}: not within {STEP:?}");
     }
+}
+
+/// For a test whose outside tool is missing: fails under `CI=true` (`.ci/run` installs every
+/// tool the tests use), otherwise says what did not run.
+pub fn required_in_ci(tool: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{tool} is not installed, and CI must run this check (.ci/run installs it)"
+    );
+    eprintln!("{tool} not installed: that part of the test did not run");
 }

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::ws::ws_handshake;
+use super::ws::{cookie_header, ws_handshake};
 use super::*;
 
 /// A running proxy and what a test needs to reach and stop it.
@@ -140,13 +140,18 @@ impl TestProxy {
         path: &str,
         cookie: Option<&str>,
     ) -> WsReply<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.ws_tls_with(path, &cookie_header(cookie)).await
+    }
+
+    /// A WebSocket over TLS and HTTP/1.1 Upgrade, the request carrying `headers` too.
+    pub async fn ws_tls_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> WsReply<tokio_rustls::client::TlsStream<TcpStream>> {
         let io = self.tls_stream(b"http/1.1").await;
-        ws_handshake(
-            io,
-            &format!("wss://localhost:{}{path}", self.https.port()),
-            cookie,
-        )
-        .await
+        let url = format!("wss://localhost:{}{path}", self.https.port());
+        ws_handshake(io, &url, headers).await
     }
 
     /// A WebSocket over plain HTTP/1.1 Upgrade.
@@ -154,12 +159,8 @@ impl TestProxy {
         let io = within("connect", TcpStream::connect(self.http))
             .await
             .expect("connect");
-        ws_handshake(
-            io,
-            &format!("ws://localhost:{}{path}", self.http.port()),
-            cookie,
-        )
-        .await
+        let url = format!("ws://localhost:{}{path}", self.http.port());
+        ws_handshake(io, &url, &cookie_header(cookie)).await
     }
 
     /// A WebSocket over HTTP/2 extended CONNECT (RFC 8441), on its own TLS connection.
@@ -167,6 +168,15 @@ impl TestProxy {
         &self,
         path: &str,
         cookie: Option<&str>,
+    ) -> WsReply<TokioIo<hyper::upgrade::Upgraded>> {
+        self.ws_h2_with(path, &cookie_header(cookie)).await
+    }
+
+    /// A WebSocket over HTTP/2 extended CONNECT, the request carrying `headers` too.
+    pub async fn ws_h2_with(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
     ) -> WsReply<TokioIo<hyper::upgrade::Upgraded>> {
         let io = self.tls_stream(b"h2").await;
         let (mut sender, conn) = within(
@@ -181,8 +191,8 @@ impl TestProxy {
             .version(Version::HTTP_2)
             .uri(format!("https://localhost:{}{path}", self.https.port()))
             .header("sec-websocket-version", "13");
-        if let Some(c) = cookie {
-            req = req.header("cookie", c);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
         }
         let mut req = req.body(empty()).expect("request");
         req.extensions_mut()

@@ -37,15 +37,21 @@ impl<S> WsReply<S> {
     }
 }
 
-pub(super) async fn ws_handshake<S>(io: S, url: &str, cookie: Option<&str>) -> WsReply<S>
+/// `cookie` as the one header of a request, or none.
+pub(super) fn cookie_header(cookie: Option<&str>) -> Vec<(&'static str, &str)> {
+    cookie.map(|c| ("cookie", c)).into_iter().collect()
+}
+
+pub(super) async fn ws_handshake<S>(io: S, url: &str, headers: &[(&str, &str)]) -> WsReply<S>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = url.into_client_request().expect("ws request");
-    if let Some(c) = cookie {
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).expect("header name");
         req.headers_mut()
-            .insert("cookie", c.parse().expect("cookie"));
+            .append(name, value.parse().expect("header value"));
     }
     match within("ws handshake", tokio_tungstenite::client_async(req, io)).await {
         Ok((ws, resp)) => WsReply {

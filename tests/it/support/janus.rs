@@ -1,0 +1,289 @@
+//! A Janus pool for the tests: real Janus gateways (Debian's `janus`) on loopback, each from a
+//! config folder of its own, and a client of the Janus WebSocket API.
+//!
+//! Each instance gets its own `server_name` (the rtcgate backend id, so `info` names it), its own
+//! WebSocket and HTTP transport ports (chosen free at run time), its own RTP port range, and
+//! only what the tests use: the WebSocket and HTTP transports and the echotest plugin, linked
+//! from the system's folders. rtcgate checks it with `GET /janus/info` on the HTTP transport's
+//! port (`health_port`): on its WebSocket port Janus answers a plain GET with 403. Janus starts
+//! in well under a second here; [`JANUS_START`] bounds it with a wide margin. An instance is
+//! killed when dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::*;
+
+/// How long a Janus instance may take to answer `/janus/info` after it is started.
+pub const JANUS_START: Duration = Duration::from_secs(20);
+
+/// One running Janus gateway.
+pub struct Janus {
+    pub name: String,
+    /// The WebSocket transport (the Janus API, subprotocol `janus-protocol`).
+    pub ws: SocketAddr,
+    /// The HTTP transport: `/janus/info` answers 200.
+    pub http: SocketAddr,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+/// The folder holding Janus's plugins and transports (`/usr/lib/<triplet>/janus`), when Janus
+/// is installed.
+fn janus_lib() -> Option<PathBuf> {
+    which("janus")?;
+    std::fs::read_dir("/usr/lib")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("janus"))
+        .find(|p| p.join("plugins").join("libjanus_echotest.so").exists())
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(tool))
+        .find(|p| p.is_file())
+}
+
+/// A loopback TCP port nothing listens on now (bound, then released for Janus to take).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+impl Janus {
+    /// Starts `n` instances named `janus-1`, `janus-2`, …; `None` when Janus is not installed
+    /// (which fails the test under `CI=true`, where `.ci/run` installs it).
+    pub async fn pool(n: usize) -> Option<Vec<Janus>> {
+        let Some(lib) = janus_lib() else {
+            required_in_ci("janus");
+            return None;
+        };
+        let mut pool = Vec::with_capacity(n);
+        for i in 1..=n {
+            pool.push(Janus::start(&format!("janus-{i}"), &lib).await);
+        }
+        Some(pool)
+    }
+
+    async fn start(name: &str, lib: &Path) -> Janus {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        for (folder, files) in [
+            ("plugins", &["libjanus_echotest.so"][..]),
+            (
+                "transports",
+                &["libjanus_websockets.so", "libjanus_http.so"][..],
+            ),
+            ("events", &[][..]),
+            ("loggers", &[][..]),
+        ] {
+            std::fs::create_dir(root.join(folder)).expect("folder");
+            for f in files {
+                std::os::unix::fs::symlink(lib.join(folder).join(f), root.join(folder).join(f))
+                    .expect("link");
+            }
+        }
+        let (ws_port, http_port) = (free_port(), free_port());
+        // RTP ports of its own: a range from a UDP port that was free.
+        let rtp = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("udp")
+            .port()
+            .min(65_000);
+        let conf = |file: &str, text: String| {
+            std::fs::write(root.join(file), text).expect("write config");
+        };
+        conf(
+            "janus.jcfg",
+            format!(
+                "general: {{\n configs_folder = \"{r}\"\n plugins_folder = \"{r}/plugins\"\n \
+                 transports_folder = \"{r}/transports\"\n events_folder = \"{r}/events\"\n \
+                 loggers_folder = \"{r}/loggers\"\n debug_level = 4\n server_name = \"{name}\"\n}}\n\
+                 media: {{ rtp_port_range = \"{rtp}-{}\" }}\nnat: {{ ice_ignore_list = \"vmnet\" }}\n",
+                rtp + 100,
+                r = root.display()
+            ),
+        );
+        conf(
+            "janus.transport.websockets.jcfg",
+            format!(
+                "general: {{ json = \"plain\", ws = true, ws_port = {ws_port}, ws_ip = \"127.0.0.1\", wss = false }}\n\
+                 admin: {{ admin_ws = false, admin_wss = false }}\n"
+            ),
+        );
+        conf(
+            "janus.transport.http.jcfg",
+            format!(
+                "general: {{ json = \"plain\", base_path = \"/janus\", http = true, port = {http_port}, ip = \"127.0.0.1\", https = false }}\n\
+                 admin: {{ admin_http = false, admin_https = false }}\n"
+            ),
+        );
+        conf("janus.plugin.echotest.jcfg", "general: { }\n".to_string());
+        let log = std::fs::File::create(root.join("janus.log")).expect("log");
+        let child = Command::new("janus")
+            .arg("-F")
+            .arg(root)
+            .arg("-C")
+            .arg(root.join("janus.jcfg"))
+            .arg("--disable-colors")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start janus");
+        let mut janus = Janus {
+            name: name.to_string(),
+            ws: SocketAddr::from(([127, 0, 0, 1], ws_port)),
+            http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            child,
+            dir,
+        };
+        janus.wait_ready().await;
+        janus
+    }
+
+    /// Waits until `/janus/info` answers with this instance's name.
+    async fn wait_ready(&mut self) {
+        let (http, name) = (self.http, self.name.clone());
+        let deadline = tokio::time::Instant::now() + JANUS_START;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited during start-up ({status}):\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            if let Ok(Ok(tcp)) =
+                tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(http)).await
+            {
+                let mut c = HttpClient::h1(tcp, http.to_string(), "http").await;
+                let info = c.get("/janus/info").await;
+                if info.status == http::StatusCode::OK && info.json()["server-name"] == name {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} did not answer within {JANUS_START:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("janus.log")).unwrap_or_default()
+    }
+
+    /// Kills it at once (SIGKILL), as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// This instance as a backend in proxy.toml, checked on its HTTP transport.
+    pub fn backend_toml(&self) -> String {
+        format!(
+            "\n[[pools.media.backends]]\nid = \"{}\"\naddress = \"{}\"\nhealth_port = {}\n",
+            self.name,
+            self.ws,
+            self.http.port()
+        )
+    }
+}
+
+impl Drop for Janus {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A proxy.toml for a pool of Janus instances: rooms named by `?room=`, checked quickly.
+pub fn janus_config(pool: &[Janus]) -> String {
+    let mut toml = config_toml(
+        &[],
+        "",
+        "room_param = \"room\"\n\n[pools.media.health]\npath = \"/janus/info\"\n\
+         interval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n",
+    );
+    for j in pool {
+        toml.push_str(&j.backend_toml());
+    }
+    toml
+}
+
+/// A client of the Janus WebSocket API over any stream.
+pub struct JanusClient<S> {
+    pub ws: Ws<S>,
+    next: u64,
+}
+
+impl<S> JanusClient<S>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    pub fn new(ws: Ws<S>) -> Self {
+        JanusClient { ws, next: 0 }
+    }
+
+    /// Sends `request` with a transaction of its own and returns Janus's answer to it (acks
+    /// and events of other transactions are passed over).
+    pub async fn call(&mut self, mut request: Value) -> Value {
+        self.next += 1;
+        let transaction = format!("t{}", self.next);
+        request["transaction"] = json!(transaction);
+        within(
+            "janus send",
+            self.ws.send(Message::text(request.to_string())),
+        )
+        .await
+        .expect("send");
+        loop {
+            let msg = within("janus answer", self.ws.next()).await;
+            let text = match msg {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("no answer to {request}: {other:?}"),
+            };
+            let answer: Value = serde_json::from_str(text.as_str()).expect("JSON");
+            if answer["transaction"] == transaction && answer["janus"] != "ack" {
+                return answer;
+            }
+        }
+    }
+
+    /// `info`: the instance's `server-name`.
+    pub async fn server_name(&mut self) -> String {
+        let info = self.call(json!({ "janus": "info" })).await;
+        info["server-name"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no server-name in {info}"))
+            .to_string()
+    }
+
+    /// `create` and `attach` to the echotest plugin: the session and handle ids.
+    pub async fn session_with_echotest(&mut self) -> (u64, u64) {
+        let created = self.call(json!({ "janus": "create" })).await;
+        assert_eq!(created["janus"], "success", "{created}");
+        let session = created["data"]["id"].as_u64().expect("session id");
+        let attached = self
+            .call(json!({ "janus": "attach", "session_id": session, "plugin": "janus.plugin.echotest" }))
+            .await;
+        assert_eq!(attached["janus"], "success", "{attached}");
+        let handle = attached["data"]["id"].as_u64().expect("handle id");
+        (session, handle)
+    }
+}
