@@ -14,4 +14,5 @@ mod janus;
 mod layers;
 mod reload;
 mod sticky;
+mod turn;
 mod websocket;

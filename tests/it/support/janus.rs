@@ -38,20 +38,14 @@ pub struct Janus {
 /// The folder holding Janus's plugins and transports (`/usr/lib/<triplet>/janus`), when Janus
 /// is installed.
 fn janus_lib() -> Option<PathBuf> {
-    which("janus")?;
+    if !installed("janus") {
+        return None;
+    }
     std::fs::read_dir("/usr/lib")
         .ok()?
         .filter_map(Result::ok)
         .map(|e| e.path().join("janus"))
         .find(|p| p.join("plugins").join("libjanus_echotest.so").exists())
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(tool))
-        .find(|p| p.is_file())
 }
 
 /// A loopback TCP port nothing listens on now (bound, then released for Janus to take).

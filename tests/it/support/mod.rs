@@ -9,6 +9,7 @@
 //! | `client.rs` | [`HttpClient`] and whole [`Reply`]s |
 //! | `ws.rs` | WebSocket handshakes, echoes and closes |
 //! | `janus.rs` | a pool of real Janus gateways, and a Janus API client |
+//! | `coturn.rs` | a real TURN server with REST credentials, and an allocation check |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,11 +20,13 @@ use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 
 mod client;
+mod coturn;
 mod janus;
 mod proxy;
 mod ws;
 
 pub use client::*;
+pub use coturn::*;
 pub use janus::*;
 pub use proxy::*;
 pub use ws::*;
