@@ -219,3 +219,20 @@ fn health_ports_move_the_check_not_the_traffic() {
     let err = load(certs.dir.path(), &toml.replace("7088", "70000")).expect_err("too big");
     assert!(err.contains("health_port"), "{err}");
 }
+
+/// The configs under `examples/` stay valid as the config grows.
+#[test]
+fn the_shipped_examples_are_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("examples/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            rtcgate::settings::tls::server_config(&Config::load(&path).expect("config"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "no example in {}", dir.display());
+}
