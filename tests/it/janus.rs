@@ -142,3 +142,36 @@ async fn when_a_janus_dies_its_users_reconnect_elsewhere_and_are_repinned() {
         "the new cookie keeps the user there"
     );
 }
+
+/// Real media: aiortc negotiates with Janus's echotest through rtcgate's tunnel (HTTP/1.1
+/// Upgrade over TLS); the media itself goes straight to Janus over UDP, and the echoed video
+/// frames come back.
+#[tokio::test]
+async fn media_goes_straight_to_janus_while_signalling_goes_through_rtcgate() {
+    let Some(pool) = Janus::pool(2).await else {
+        return;
+    };
+    let proxy = spawn_proxy(&janus_config(&pool)).await;
+    let url = format!("wss://127.0.0.1:{}/?room=media", proxy.https.port());
+    let ca = proxy.certs.dir.path().join("cert.pem");
+    let Some(media) = echo_media(&url, &ca, 20).await else {
+        return;
+    };
+    assert_eq!(media.frames, 20, "{media:?}");
+    let janus = pool
+        .iter()
+        .find(|j| j.name == media.server)
+        .unwrap_or_else(|| panic!("{media:?} names no gateway of the pool"));
+    assert_eq!(media.protocol, "udp", "{media:?}");
+    assert!(media.local.ip().is_loopback(), "{media:?}");
+    assert!(
+        media.remote.ip().is_loopback() && janus.rtp.contains(&media.remote.port()),
+        "media went to {}, not to {}'s RTP ports {:?}",
+        media.remote,
+        janus.name,
+        janus.rtp
+    );
+    for not_media in [proxy.https, proxy.http, janus.ws] {
+        assert_ne!(media.remote, not_media);
+    }
+}

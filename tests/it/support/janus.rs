@@ -8,8 +8,15 @@
 //! port (`health_port`): on its WebSocket port Janus answers a plain GET with 403. Janus starts
 //! in well under a second here; [`JANUS_START`] bounds it with a wide margin. An instance is
 //! killed when dropped.
+//!
+//! ICE on loopback: Janus skips loopback interfaces when it gathers candidates, so it runs with
+//! `loopback_ifaddrs.c` preloaded (built here with `cc`), which shows it 127.0.0.1 as its only,
+//! ordinary interface, and with `--interface 127.0.0.1` for its SDP. Its media then stays on
+//! 127.0.0.1 like everything else in the tests. [`echo_media`] runs `janus_echo.py` (aiortc)
+//! against it.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -31,6 +38,8 @@ pub struct Janus {
     pub ws: SocketAddr,
     /// The HTTP transport: `/janus/info` answers 200.
     pub http: SocketAddr,
+    /// Its RTP (and ICE) ports.
+    pub rtp: RangeInclusive<u16>,
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -46,6 +55,26 @@ fn janus_lib() -> Option<PathBuf> {
         .filter_map(Result::ok)
         .map(|e| e.path().join("janus"))
         .find(|p| p.join("plugins").join("libjanus_echotest.so").exists())
+}
+
+/// Builds `loopback_ifaddrs.c` into `dir`; returns the library's path.
+fn build_loopback_shim(dir: &Path) -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/loopback_ifaddrs.c");
+    let lib = dir.join("loopback_ifaddrs.so");
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .expect("run cc");
+    assert!(
+        out.status.success(),
+        "cc {}: {}",
+        source.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    lib
 }
 
 /// A loopback TCP port nothing listens on now (bound, then released for Janus to take).
@@ -123,6 +152,7 @@ impl Janus {
             ),
         );
         conf("janus.plugin.echotest.jcfg", "general: { }\n".to_string());
+        let shim = build_loopback_shim(root);
         let log = std::fs::File::create(root.join("janus.log")).expect("log");
         let child = Command::new("janus")
             .arg("-F")
@@ -130,6 +160,8 @@ impl Janus {
             .arg("-C")
             .arg(root.join("janus.jcfg"))
             .arg("--disable-colors")
+            .args(["--interface", "127.0.0.1"])
+            .env("LD_PRELOAD", &shim)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -139,6 +171,7 @@ impl Janus {
             name: name.to_string(),
             ws: SocketAddr::from(([127, 0, 0, 1], ws_port)),
             http: SocketAddr::from(([127, 0, 0, 1], http_port)),
+            rtp: rtp..=rtp + 100,
             child,
             dir,
         };
@@ -280,4 +313,74 @@ where
         let handle = attached["data"]["id"].as_u64().expect("handle id");
         (session, handle)
     }
+}
+
+/// How long the aiortc client may take: start, negotiate, and receive its frames.
+pub const ECHO_MEDIA: Duration = Duration::from_secs(60);
+
+/// What `janus_echo.py` saw: the echoed frames, the instance, and the ICE pair media used.
+#[derive(Debug)]
+pub struct EchoedMedia {
+    pub frames: u64,
+    pub server: String,
+    pub protocol: String,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+/// Runs the aiortc client of `janus_echo.py` against `url` (a WebSocket URL through rtcgate,
+/// TLS checked against `ca` for the name `localhost`), asking for `frames` echoed frames.
+/// `None` when aiortc is not installed (which fails the test under `CI=true`).
+pub async fn echo_media(url: &str, ca: &Path, frames: u32) -> Option<EchoedMedia> {
+    let has_aiortc = tokio::process::Command::new("python3")
+        .args(["-c", "import aiortc, websockets"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .status()
+        .await
+        .is_ok_and(|s| s.success());
+    if !has_aiortc {
+        required_in_ci("aiortc");
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/janus_echo.py");
+    let run = tokio::process::Command::new("python3")
+        .arg(&script)
+        .arg(url)
+        .arg("--ca")
+        .arg(ca)
+        .args(["--server-name", "localhost"])
+        .arg("--frames")
+        .arg(frames.to_string())
+        .args(["--timeout", "20"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(ECHO_MEDIA, run)
+        .await
+        .unwrap_or_else(|_| panic!("janus_echo.py: no result within {ECHO_MEDIA:?}"))
+        .expect("run janus_echo.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let seen: Value = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "janus_echo.py ({}): {e}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let pair = &seen["pair"];
+    let addr = |v: &Value| -> SocketAddr {
+        v.as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no ICE pair in {seen}"))
+    };
+    Some(EchoedMedia {
+        frames: seen["frames"].as_u64().unwrap_or(0),
+        server: seen["server"].as_str().unwrap_or_default().to_string(),
+        protocol: pair["protocol"].as_str().unwrap_or_default().to_string(),
+        local: addr(&pair["local"]),
+        remote: addr(&pair["remote"]),
+    })
 }
