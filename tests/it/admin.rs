@@ -65,9 +65,6 @@ fn promtool_accepts(text: &str) -> Option<Result<(), String>> {
 }
 
 /// Tools CI installs must be there in CI; elsewhere a test may say it could not run them.
-/// How long headless Chromium may take to start and dump a page.
-const BROWSER_START: std::time::Duration = std::time::Duration::from_secs(60);
-
 #[tokio::test]
 async fn metrics_parse_and_move_with_traffic() {
     let backends = spawn_backends(3).await;
@@ -339,31 +336,13 @@ async fn a_browser_shows_the_backends_on_the_status_page() {
     echo(ws.ws(), "visible").await;
     let profile = tempfile::tempdir().expect("tempdir");
     let url = format!("http://127.0.0.1:{}/", proxy.admin.port());
-    let browser = tokio::process::Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=1000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--dump-dom", &url])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Stopped with the test, whichever way it ends.
-        .kill_on_drop(true)
-        .spawn();
-    let Ok(browser) = browser else {
-        return required_in_ci("chromium");
+    let Some(browser) = chromium(
+        profile.path(),
+        &["--virtual-time-budget=1000", "--dump-dom", &url],
+    ) else {
+        return;
     };
-    // A first start on a fresh machine, beside the other tests of this binary, has taken over
-    // 10 s (issue 17); later starts take 1-2 s. The browser gets a bound of its own.
-    let out = tokio::time::timeout(BROWSER_START, browser.wait_with_output())
+    let out = tokio::time::timeout(BROWSER_START, browser.output())
         .await
         .unwrap_or_else(|_| panic!("chromium: no page within {BROWSER_START:?}"))
         .expect("chromium's output");

@@ -7,6 +7,7 @@ mod support;
 mod admin;
 mod binary;
 mod bodies;
+mod call;
 mod config;
 mod front_door;
 mod health;

@@ -10,6 +10,7 @@
 //! | `ws.rs` | WebSocket handshakes, echoes and closes |
 //! | `janus.rs` | a pool of real Janus gateways, and a Janus API client |
 //! | `coturn.rs` | a real TURN server with REST credentials, and an allocation check |
+//! | `browser.rs` | headless Chromium with the flags a closed machine needs |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,12 +20,14 @@ use rtcgate::demo::DemoBackend;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 
+mod browser;
 mod client;
 mod coturn;
 mod janus;
 mod proxy;
 mod ws;
 
+pub use browser::*;
 pub use client::*;
 pub use coturn::*;
 pub use janus::*;

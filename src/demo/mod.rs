@@ -4,6 +4,12 @@
 //! Each answers with its id (`X-Backend-Id` and a small page), has a switchable `/health`, echoes
 //! request headers and WebSocket messages, counts requests, and offers the bulk and slow endpoints
 //! the tests need. It is a test double, not a media server: it never parses SDP or carries RTP.
+//!
+//! Its page is also a call (`page.html`, `call.js`): people who open it with the same room meet
+//! on one backend, which relays their offers, answers and ICE candidates (`call.rs`), while the
+//! media goes from browser to browser.
+
+pub mod call;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,6 +29,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+
+use crate::demo::call::Calls;
 use tokio::sync::{watch, Notify};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
@@ -47,6 +55,8 @@ pub struct DemoBackend {
     received: watch::Sender<u64>,
     /// Lets a `/bytes?hold=1` response go on after its first chunk.
     release: Notify,
+    /// The rooms of the call demo on this backend.
+    calls: Calls,
     stop: CancellationToken,
 }
 
@@ -69,6 +79,7 @@ impl DemoBackend {
             healthy: AtomicBool::new(true),
             received: watch::channel(0).0,
             release: Notify::new(),
+            calls: Calls::default(),
             stop: CancellationToken::new(),
         });
         tokio::spawn(backend.clone().accept_loop(listener));
@@ -98,6 +109,11 @@ impl DemoBackend {
     /// Watches the bytes `/sink` has received.
     pub fn received(&self) -> watch::Receiver<u64> {
         self.received.subscribe()
+    }
+
+    /// The call demo's rooms on this backend.
+    pub fn calls(&self) -> &Calls {
+        &self.calls
     }
 
     /// Lets one held `/bytes?hold=1` response send the rest of its body.
@@ -148,14 +164,30 @@ impl DemoBackend {
         } else {
             self.requests.send_modify(|n| *n += 1);
         }
-        let mut resp = if is_websocket(&req) && req.uri().path() != "/ws-refuse" {
-            self.websocket(req)
+        let mut resp = if is_websocket(&req) && req.uri().path() == "/signal" {
+            let room = query(&req, "room").unwrap_or("").to_string();
+            let me = self.clone();
+            Self::accept_websocket(req, move |ws| async move {
+                let stop = me.stop.clone();
+                me.calls.serve(room, &me.id, ws, stop).await;
+            })
+        } else if is_websocket(&req) && req.uri().path() != "/ws-refuse" {
+            let stop = self.stop.clone();
+            Self::accept_websocket(req, move |ws| echo(ws, stop))
         } else {
             match (req.method(), req.uri().path()) {
                 (_, "/health") if self.healthy.load(Ordering::Relaxed) => {
                     text(StatusCode::OK, "ok\n")
                 }
                 (_, "/health") => text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n"),
+                (_, "/call.js") => {
+                    let mut resp = Response::new(full(include_str!("call.js").to_string()));
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/javascript; charset=utf-8"),
+                    );
+                    resp
+                }
                 (_, "/headers") => json(headers_json(&req)),
                 (_, "/ws-refuse") => text(StatusCode::FORBIDDEN, "no websocket here\n"),
                 (_, "/hop") => hop_by_hop_response(),
@@ -186,7 +218,7 @@ impl DemoBackend {
                 .unwrap_or_else(|| "-".into())
         };
         let body = format!(
-            include_str!("demo_page.html"),
+            include_str!("page.html"),
             id = html_escape(&self.id),
             addr = self.addr,
             proto = h("x-forwarded-proto"),
@@ -248,36 +280,22 @@ impl DemoBackend {
         resp
     }
 
-    fn websocket(&self, mut req: Request<Incoming>) -> Response<DemoBody> {
+    /// Answers a WebSocket upgrade with 101 and runs `session` on the upgraded stream.
+    fn accept_websocket<F, Fut>(mut req: Request<Incoming>, session: F) -> Response<DemoBody>
+    where
+        F: FnOnce(WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
             return text(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
         };
         let accept = derive_accept_key(key.as_bytes());
         let upgrade = hyper::upgrade::on(&mut req);
-        let stop = self.stop.clone();
         tokio::spawn(async move {
             let Ok(upgraded) = upgrade.await else { return };
-            let mut ws =
+            let ws =
                 WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-            loop {
-                let msg = tokio::select! {
-                    m = ws.next() => m,
-                    _ = stop.cancelled() => return,
-                };
-                match msg {
-                    Some(Ok(m)) if m.is_text() || m.is_binary() => {
-                        if ws.send(m).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Ok(m)) if m.is_close() => {
-                        let _ = ws.close(None).await;
-                        return;
-                    }
-                    Some(Ok(_)) => {}
-                    _ => return,
-                }
-            }
+            session(ws).await;
         });
         let mut resp = Response::new(full(String::new()));
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -288,6 +306,32 @@ impl DemoBackend {
             h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
         }
         resp
+    }
+}
+
+/// Echoes text and binary messages until the client closes, or `stop`.
+async fn echo<S>(mut ws: WebSocketStream<S>, stop: CancellationToken)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let msg = tokio::select! {
+            m = ws.next() => m,
+            _ = stop.cancelled() => return,
+        };
+        match msg {
+            Some(Ok(m)) if m.is_text() || m.is_binary() => {
+                if ws.send(m).await.is_err() {
+                    return;
+                }
+            }
+            Some(Ok(m)) if m.is_close() => {
+                let _ = ws.close(None).await;
+                return;
+            }
+            Some(Ok(_)) => {}
+            _ => return,
+        }
     }
 }
 
