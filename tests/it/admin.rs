@@ -330,6 +330,7 @@ async fn unknown_paths_404_and_wrong_methods_405() {
 
 #[tokio::test]
 async fn a_browser_shows_the_backends_on_the_status_page() {
+    let _solo = solo().await;
     let backends = spawn_backends(3).await;
     let proxy = spawn_proxy(&config_for(&backends, "")).await;
     let mut ws = proxy.ws_plain("/ws", None).await;

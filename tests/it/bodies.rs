@@ -97,6 +97,7 @@ async fn download_50mb(mut c: HttpClient, backend: &rtcgate::demo::DemoBackend) 
 
 #[tokio::test]
 async fn fifty_mb_uploads_stream_intact_over_h1_and_h2() {
+    let _solo = solo().await;
     let backends = spawn_backends(1).await;
     let proxy = spawn_proxy(&config_for(&backends, "")).await;
     upload_50mb(proxy.h1().await, &backends[0]).await;
@@ -105,6 +106,7 @@ async fn fifty_mb_uploads_stream_intact_over_h1_and_h2() {
 
 #[tokio::test]
 async fn fifty_mb_downloads_stream_intact_over_h1_and_h2() {
+    let _solo = solo().await;
     let backends = spawn_backends(1).await;
     let proxy = spawn_proxy(&config_for(&backends, "")).await;
     download_50mb(proxy.h1().await, &backends[0]).await;

@@ -6,6 +6,7 @@ use crate::support::*;
 
 #[tokio::test]
 async fn two_browsers_in_one_room_call_each_other_through_rtcgate() {
+    let _solo = solo().await;
     let backends = spawn_backends(3).await;
     let toml = config_for(&backends, "")
         .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nroom_param = \"room\"");

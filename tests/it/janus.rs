@@ -148,6 +148,7 @@ async fn when_a_janus_dies_its_users_reconnect_elsewhere_and_are_repinned() {
 /// frames come back.
 #[tokio::test]
 async fn media_goes_straight_to_janus_while_signalling_goes_through_rtcgate() {
+    let _solo = solo().await;
     let Some(pool) = Janus::pool(2).await else {
         return;
     };

@@ -145,3 +145,11 @@ pub fn required_in_ci(tool: &str) {
     );
     eprintln!("{tool} not installed: that part of the test did not run");
 }
+
+/// Held by the tests that take a core for a while (50 MB bodies) and by those that start a
+/// browser or a WebRTC stack, so that a slow start never races a CPU-heavy test (issue 17: a
+/// first Chromium start beside the other tests overran its bound). The rest run alongside.
+pub async fn solo() -> tokio::sync::MutexGuard<'static, ()> {
+    static SOLO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SOLO.lock().await
+}
