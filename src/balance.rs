@@ -260,6 +260,7 @@ mod tests {
             room_balance_factor: 1.25,
             max_sessions: 2,
             drain_timeout: Duration::from_secs(1),
+            on_down: crate::config::OnDown::Close,
             health: HealthConfig {
                 path: None,
                 interval: Duration::from_secs(1),

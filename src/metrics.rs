@@ -71,6 +71,49 @@ impl Outcome {
     }
 }
 
+/// Why a tunnel ended: the `reason` label of `rtcgate_tunnels_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// The client closed it, or its connection failed.
+    Client,
+    /// The backend closed it, or its connection failed.
+    Backend,
+    /// Nothing moved for `tunnel_idle_timeout`.
+    Idle,
+    /// rtcgate closed it: the backend was drained past its deadline, or removed and past it.
+    Drain,
+    /// rtcgate closed it: health checks marked the backend down.
+    Down,
+    /// rtcgate closed it: the backend was put in maintenance.
+    Maint,
+    /// rtcgate closed it: rtcgate is shutting down.
+    Shutdown,
+}
+
+impl TunnelEnd {
+    const ALL: [TunnelEnd; 7] = [
+        TunnelEnd::Client,
+        TunnelEnd::Backend,
+        TunnelEnd::Idle,
+        TunnelEnd::Drain,
+        TunnelEnd::Down,
+        TunnelEnd::Maint,
+        TunnelEnd::Shutdown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelEnd::Client => "client",
+            TunnelEnd::Backend => "backend",
+            TunnelEnd::Idle => "idle",
+            TunnelEnd::Drain => "drain",
+            TunnelEnd::Down => "down",
+            TunnelEnd::Maint => "maint",
+            TunnelEnd::Shutdown => "shutdown",
+        }
+    }
+}
+
 /// The `state` label values of `rtcgate_backend_state`.
 pub const BACKEND_STATES: [&str; 4] = ["up", "down", "draining", "maint"];
 
@@ -99,6 +142,7 @@ pub struct Metrics {
     backend_state: IntGaugeVec,
     tunnels: IntCounterVec,
     tunnel_duration: HistogramVec,
+    tunnels_closed: IntCounterVec,
     sticky: IntCounterVec,
     rejected: IntCounterVec,
     health_checks: IntCounterVec,
@@ -171,6 +215,7 @@ impl Metrics {
             backend_state: gauge_vec(&r, "rtcgate_backend_state", "1 for the backend's current state (up, down, draining, maint).", &["pool", "backend", "state"]),
             tunnels: counter_vec(&r, "rtcgate_websocket_tunnels_total", "WebSocket tunnels opened.", pb),
             tunnel_duration: histogram_vec(&r, "rtcgate_websocket_tunnel_duration_seconds", "How long tunnels stayed open.", &["pool"], vec![1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0]),
+            tunnels_closed: counter_vec(&r, "rtcgate_tunnels_closed_total", "WebSocket tunnels closed, by why.", &["pool", "reason"]),
             sticky: counter_vec(&r, "rtcgate_sticky_total", "What became of requests' pins.", &["pool", "outcome"]),
             rejected: counter_vec(&r, "rtcgate_rejected_total", "Requests turned away with 503.", &["pool", "reason"]),
             health_checks: counter_vec(&r, "rtcgate_health_checks_total", "Active health checks, by result.", &["pool", "backend", "result"]),
@@ -207,6 +252,8 @@ impl Metrics {
             tunnel_duration: self.tunnel_duration.with_label_values(&[pool]),
             sticky: Outcome::ALL.map(|o| self.sticky.with_label_values(&[pool, o.as_str()])),
             rejected: Rejection::ALL.map(|r| self.rejected.with_label_values(&[pool, r.as_str()])),
+            tunnels_closed: TunnelEnd::ALL
+                .map(|e| self.tunnels_closed.with_label_values(&[pool, e.as_str()])),
             requests: self.requests.clone(),
         }
     }
@@ -339,6 +386,7 @@ pub struct PoolMetrics {
     pub tunnel_duration: Histogram,
     sticky: [IntCounter; 4],
     rejected: [IntCounter; 3],
+    tunnels_closed: [IntCounter; 7],
     requests: IntCounterVec,
 }
 
@@ -357,6 +405,10 @@ impl PoolMetrics {
 
     pub fn rejected(&self, reason: Rejection) {
         self.rejected[reason as usize].inc();
+    }
+
+    pub fn tunnel_closed(&self, why: TunnelEnd) {
+        self.tunnels_closed[why as usize].inc();
     }
 
     /// Counts a request answered without a backend (rejected, malformed).

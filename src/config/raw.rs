@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::types::{PinWorkers, SameSite, Secure, WhenDown};
+use super::types::{OnDown, PinWorkers, SameSite, Secure, WhenDown};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,6 +113,8 @@ pub(super) struct RawPool {
     pub(super) drain_timeout: String,
     #[serde(default)]
     pub(super) health: RawHealth,
+    #[serde(default = "default_on_down")]
+    pub(super) on_down: OnDown,
     #[serde(default)]
     pub(super) backends: Vec<RawBackend>,
 }
@@ -159,6 +161,9 @@ pub(super) struct RawBackend {
     pub(super) health_port: u16,
 }
 
+pub(super) fn default_on_down() -> OnDown {
+    OnDown::Close
+}
 pub(super) fn default_cookie() -> String {
     "rtcgate".into()
 }

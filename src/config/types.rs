@@ -94,6 +94,16 @@ pub enum WhenDown {
     Reject,
 }
 
+/// What becomes of a backend's tunnels when it goes down or into maintenance (`on_down`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDown {
+    /// Closed at once, with close frame 1012, so its users reconnect elsewhere.
+    Close,
+    /// Left open until they end by themselves.
+    Keep,
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct StickyKey {
     pub id: String,
@@ -174,6 +184,8 @@ pub struct PoolConfig {
     pub room_balance_factor: f64,
     pub max_sessions: u32,
     pub drain_timeout: Duration,
+    /// Tunnels of a backend that goes down or into maintenance.
+    pub on_down: OnDown,
     pub health: HealthConfig,
     pub backends: Vec<BackendConfig>,
 }

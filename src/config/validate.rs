@@ -384,6 +384,7 @@ impl Validator<'_> {
             room_balance_factor: p.room_balance_factor,
             max_sessions: p.max_sessions,
             drain_timeout: self.duration(&format!("{at}.drain_timeout"), &p.drain_timeout)?,
+            on_down: p.on_down,
             health,
             backends,
             name,

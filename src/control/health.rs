@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::HealthConfig;
+use crate::config::{HealthConfig, OnDown};
 use crate::state::backend::{Backend, Check};
 use crate::state::snapshot::Snapshot;
 
@@ -27,6 +27,7 @@ type Key = (Arc<str>, Arc<str>, SocketAddr);
 
 struct Running {
     config: HealthConfig,
+    on_down: OnDown,
     /// Where it checks.
     addr: SocketAddr,
     stop: CancellationToken,
@@ -49,8 +50,9 @@ impl HealthCheckers {
                 let b = &m.backend;
                 let key = (b.pool.clone(), b.id.clone(), b.addr);
                 let (config, addr) = (pool.config.health.clone(), m.check_addr);
+                let on_down = pool.config.on_down;
                 match running.remove(&key) {
-                    Some(r) if r.config == config && r.addr == addr => {
+                    Some(r) if r.config == config && r.addr == addr && r.on_down == on_down => {
                         next.insert(key, r);
                     }
                     old => {
@@ -58,8 +60,18 @@ impl HealthCheckers {
                             old.stop.cancel();
                         }
                         let stop = CancellationToken::new();
-                        tokio::spawn(check_loop(b.clone(), addr, config.clone(), stop.clone()));
-                        next.insert(key, Running { config, addr, stop });
+                        let checking =
+                            check_loop(b.clone(), addr, config.clone(), on_down, stop.clone());
+                        tokio::spawn(checking);
+                        next.insert(
+                            key,
+                            Running {
+                                config,
+                                on_down,
+                                addr,
+                                stop,
+                            },
+                        );
                     }
                 }
             }
@@ -83,6 +95,7 @@ async fn check_loop(
     backend: Arc<Backend>,
     addr: SocketAddr,
     config: HealthConfig,
+    on_down: OnDown,
     stop: CancellationToken,
 ) {
     loop {
@@ -100,7 +113,7 @@ async fn check_loop(
                 detail,
             },
         };
-        backend.record_health(check, config.rise, config.fall);
+        backend.record_health(check, config.rise, config.fall, on_down);
         tokio::select! {
             _ = tokio::time::sleep(jittered(config.interval)) => {}
             _ = stop.cancelled() => return,

@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, OnDown};
 use crate::control::health::HealthCheckers;
 use crate::control::{admin, reload};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TunnelEnd};
 use crate::state::backend::{AdminState, Backend};
 use crate::state::registry::Registry;
 use crate::state::snapshot::Snapshot;
@@ -134,10 +134,10 @@ impl Runtime {
         state: AdminState,
     ) -> Result<(), AdminError> {
         let snap = self.snapshot();
-        let Some((backend, drain_timeout)) = snap
-            .pool(pool)
-            .and_then(|p| Some((p.member(id)?.backend.clone(), p.config.drain_timeout)))
-        else {
+        let Some((backend, drain_timeout, on_down)) = snap.pool(pool).and_then(|p| {
+            let backend = p.member(id)?.backend.clone();
+            Some((backend, p.config.drain_timeout, p.config.on_down))
+        }) else {
             return Err(AdminError::NoSuchBackend);
         };
         if backend.is_removed() {
@@ -146,8 +146,13 @@ impl Runtime {
         let before = backend.admin();
         let generation = backend.set_admin(state);
         tracing::info!(%pool, backend = %id, from = ?before, to = ?state, "admin state changed");
-        if state == AdminState::Draining {
-            drain_after(backend, generation, drain_timeout);
+        match state {
+            AdminState::Draining => drain_after(backend, generation, drain_timeout),
+            AdminState::Maint if on_down == OnDown::Close && backend.sessions() > 0 => {
+                tracing::info!(%pool, backend = %id, sessions = backend.sessions(), "closing the tunnels of a backend in maintenance");
+                backend.close_tunnels(TunnelEnd::Maint);
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -183,7 +188,7 @@ fn drain_after(backend: Arc<Backend>, generation: u64, timeout: Duration) {
         tokio::time::sleep(timeout).await;
         if backend.admin_generation() == generation && backend.sessions() > 0 {
             tracing::info!(pool = %backend.pool, backend = %backend.id, sessions = backend.sessions(), "drain timeout: closing the remaining tunnels");
-            backend.close_tunnels();
+            backend.close_tunnels(TunnelEnd::Drain);
         }
     });
 }

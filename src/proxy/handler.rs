@@ -21,7 +21,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::balance;
-use crate::metrics::PoolMetrics;
+use crate::config::OnDown;
+use crate::metrics::{PoolMetrics, TunnelEnd};
 use crate::proxy::body::{ResponseBody, Tracked};
 use crate::proxy::conn::ConnInfo;
 use crate::proxy::error::{classify, ProxyError};
@@ -190,6 +191,7 @@ impl Handler {
             tls,
             rise: pool.config.health.rise,
             fall: pool.config.health.fall,
+            on_down: pool.config.on_down,
             response_timeout: snap.config.limits.response_timeout,
             upstream_limits: UpstreamLimits::from(&snap.config.limits),
             tunnel_idle_timeout: snap.config.limits.tunnel_idle_timeout,
@@ -236,7 +238,7 @@ impl Handler {
             // Janus closes an upgrade it will not take without an answer, and a client can
             // break off its own body.
             if !e.maybe_sent() {
-                backend.record_health(Check::Failed(&e), placed.rise, placed.fall);
+                backend.record_health(Check::Failed(&e), placed.rise, placed.fall, placed.on_down);
             }
             let err = classify(&backend, e);
             // A request that never left is tried once more, elsewhere, as a new user.
@@ -351,15 +353,25 @@ impl Handler {
                 }
             };
             let opened = Instant::now();
-            let pumping = tunnel::pump(TokioIo::new(client), TokioIo::new(upstream), idle);
-            let ended = tokio::select! {
-                ended = pumping => ended,
-                _ = stop.cancelled() => Ok(tunnel::End::Drained),
+            // rtcgate's own reasons to end it: the client gets 1001 at shutdown, 1012 else.
+            let cut = async {
+                match stop.fired().await {
+                    TunnelEnd::Shutdown => tunnel::close::GOING_AWAY,
+                    _ => tunnel::close::SERVICE_RESTART,
+                }
             };
+            let ended = tunnel::pump(TokioIo::new(client), TokioIo::new(upstream), idle, cut).await;
+            let why = match ended {
+                tunnel::End::Client => TunnelEnd::Client,
+                tunnel::End::Backend => TunnelEnd::Backend,
+                tunnel::End::Idle => TunnelEnd::Idle,
+                tunnel::End::Cut => stop.why(),
+            };
+            pool_metrics.tunnel_closed(why);
             pool_metrics
                 .tunnel_duration
                 .observe(opened.elapsed().as_secs_f64());
-            tracing::debug!(backend = %backend.id, ?ended, "tunnel closed");
+            tracing::debug!(backend = %backend.id, reason = why.as_str(), "tunnel closed");
             drop((session, room, active));
         });
         let mut out = Response::new(Either::Right(Full::new(Bytes::new())));
@@ -396,6 +408,7 @@ struct Plan {
     /// The pool's health thresholds, for passive failures.
     rise: u32,
     fall: u32,
+    on_down: OnDown,
     response_timeout: Duration,
     tunnel_idle_timeout: Duration,
     upstream_limits: UpstreamLimits,

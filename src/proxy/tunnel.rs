@@ -12,7 +12,6 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -126,44 +125,78 @@ pub fn client_response_headers(kind: Kind, headers: &mut HeaderMap) {
 }
 
 /// Why a tunnel ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
-    /// Both sides closed their writing halves.
-    Closed,
+    /// The client closed its side first, or failed.
+    Client,
+    /// The backend closed its side first, or failed. When its stream stood at a frame boundary
+    /// and it had sent no close frame, the client got `1014` (bad gateway) from rtcgate.
+    Backend,
     /// Nothing moved for the idle timeout (or, once one side closed, for a second).
     Idle,
-    /// Closed by rtcgate: its backend's drain timed out.
-    Drained,
+    /// rtcgate cut it (`cut` resolved): the client got `close` at the next frame boundary, or
+    /// a bare close if none came within [`CUT_WAIT`].
+    Cut,
 }
 
-/// Pumps bytes both ways between `a` and `b` until both directions have ended, either side fails,
-/// or nothing moves for `idle`.
-pub async fn pump<A, B>(a: A, b: B, idle: Duration) -> io::Result<End>
+/// The close codes rtcgate sends when it ends a tunnel itself (RFC 6455 §7.4, IANA registry).
+pub mod close {
+    /// rtcgate is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The backend is drained, removed, in maintenance or down: reconnect, elsewhere.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The backend dropped the connection without a close frame of its own.
+    pub const BAD_GATEWAY: u16 = 1014;
+}
+
+/// Once rtcgate decided to cut a tunnel, how long a frame already on its way from the backend
+/// may take to finish before the client's connection is closed without a close frame.
+pub const CUT_WAIT: Duration = Duration::from_secs(2);
+
+/// Pumps bytes both ways between the client `a` and the backend `b` until both directions have
+/// ended, either side fails, nothing moves for `idle`, or `cut` resolves; then the client gets
+/// the close frame `cut` gave, between two of the backend's frames.
+pub async fn pump<A, B, C>(a: A, b: B, idle: Duration, cut: C) -> End
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
+    C: Future<Output = u16>,
 {
     Pump {
         a,
         b,
         a_to_b: Half::default(),
         b_to_a: Half::default(),
+        frames: Frames::default(),
         last: Instant::now(),
         idle,
         timer: Box::pin(tokio::time::sleep(idle)),
+        cut,
+        cutting: false,
+        client_first: false,
     }
     .await
 }
 
-struct Pump<A, B> {
-    a: A,
-    b: B,
-    a_to_b: Half,
-    b_to_a: Half,
-    /// When bytes last moved.
-    last: Instant,
-    idle: Duration,
-    timer: Pin<Box<tokio::time::Sleep>>,
+pin_project_lite::pin_project! {
+    struct Pump<A, B, C> {
+        a: A,
+        b: B,
+        a_to_b: Half,
+        b_to_a: Half,
+        // Frame boundaries of what the backend sends.
+        frames: Frames,
+        // When bytes last moved.
+        last: Instant,
+        idle: Duration,
+        timer: Pin<Box<tokio::time::Sleep>>,
+        #[pin]
+        cut: C,
+        // `cut` resolved: the close frame is on its way or sent.
+        cutting: bool,
+        // The client's side ended before the backend's.
+        client_first: bool,
+    }
 }
 
 /// One direction's state.
@@ -171,59 +204,199 @@ struct Pump<A, B> {
 struct Half {
     /// Bytes read but not yet written, held only while the writer pushes back.
     pending: Option<(Box<[u8]>, usize)>,
-    /// The reader reached end of stream.
+    /// The reader reached end of stream (or failed).
     eof: bool,
+    /// The reader failed rather than ending cleanly.
+    failed: bool,
     /// The writer has been shut down after `eof`.
     done: bool,
     /// Bytes written since the last flush.
     unflushed: bool,
+    /// Reads are stopped at the next frame boundary, and then this close frame goes out.
+    close_at_boundary: Option<u16>,
 }
 
-impl<A, B> Future for Pump<A, B>
+/// Where the backend's byte stream stands among WebSocket frames: only headers and lengths are
+/// read (RFC 6455 §5.2), payloads are skipped by count. 24 bytes a tunnel.
+#[derive(Debug, Default)]
+struct Frames {
+    /// Header bytes of the frame being read; the header is at most 14 bytes.
+    header: [u8; 14],
+    seen: u8,
+    /// Payload bytes of the current frame still to come.
+    payload: u64,
+    /// The last whole frame was a close frame.
+    saw_close: bool,
+}
+
+impl Frames {
+    /// Between two frames.
+    fn at_boundary(&self) -> bool {
+        self.seen == 0 && self.payload == 0
+    }
+
+    /// How many bytes may be read before the next boundary (at least 1 when not at one).
+    fn until_boundary(&self) -> usize {
+        if self.payload > 0 {
+            return usize::try_from(self.payload).unwrap_or(usize::MAX);
+        }
+        match self.header_len() {
+            Some(len) => len - usize::from(self.seen),
+            None => 1,
+        }
+    }
+
+    /// The length of the header being read, once its first two bytes are in.
+    fn header_len(&self) -> Option<usize> {
+        if self.seen < 2 {
+            return None;
+        }
+        let ext = match self.header[1] & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+        Some(2 + ext + mask)
+    }
+
+    /// Takes in bytes the backend sent.
+    fn advance(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.payload > 0 {
+                let n = usize::try_from(self.payload)
+                    .unwrap_or(usize::MAX)
+                    .min(data.len());
+                self.payload -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            self.header[usize::from(self.seen)] = data[0];
+            self.seen += 1;
+            data = &data[1..];
+            if self.header_len() == Some(usize::from(self.seen)) {
+                let h = &self.header;
+                self.payload = match h[1] & 0x7f {
+                    126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+                    127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                    n => u64::from(n),
+                };
+                self.saw_close = h[0] & 0x0f == 0x8;
+                self.seen = 0;
+            }
+        }
+    }
+}
+
+/// A close frame from a server (unmasked) with `code` and no reason.
+fn close_frame(code: u16) -> Box<[u8]> {
+    let [hi, lo] = code.to_be_bytes();
+    Box::new([0x88, 0x02, hi, lo])
+}
+
+impl<A, B, C> Future for Pump<A, B, C>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
+    C: Future<Output = u16>,
 {
-    type Output = io::Result<End>;
+    type Output = End;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<End>> {
-        let this = &mut *self;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+        let this = self.project();
         let mut moved = false;
-        let ab = this.a_to_b.poll(cx, &mut this.a, &mut this.b, &mut moved)?;
-        let ba = this.b_to_a.poll(cx, &mut this.b, &mut this.a, &mut moved)?;
-        if ab.is_ready() && ba.is_ready() {
-            return Poll::Ready(Ok(End::Closed));
+        if !*this.cutting {
+            if let Poll::Ready(code) = this.cut.poll(cx) {
+                // Stop listening to the client; finish the backend's frame in flight, then the
+                // close frame, and no longer than CUT_WAIT.
+                *this.cutting = true;
+                this.b_to_a.close_at_boundary = Some(code);
+                *this.idle = CUT_WAIT;
+                *this.last = Instant::now();
+                this.timer.as_mut().reset(*this.last + CUT_WAIT);
+            }
         }
-        if (ab.is_ready() || ba.is_ready()) && this.idle > FIN_WAIT {
-            this.idle = FIN_WAIT;
-            this.last = Instant::now();
-            this.timer.as_mut().reset(this.last + FIN_WAIT);
+        let ab = if *this.cutting {
+            Poll::Pending
+        } else {
+            match this.a_to_b.poll(cx, this.a, this.b, None, &mut moved) {
+                Poll::Ready(Err(Fault::Reader)) => return Poll::Ready(End::Client),
+                Poll::Ready(Err(Fault::Writer)) => return Poll::Ready(End::Backend),
+                Poll::Ready(Ok(())) => Poll::Ready(()),
+                Poll::Pending => Poll::Pending,
+            }
+        };
+        let ba = match this
+            .b_to_a
+            .poll(cx, this.b, this.a, Some(this.frames), &mut moved)
+        {
+            Poll::Ready(Err(Fault::Writer)) => return Poll::Ready(End::Client),
+            // A failed backend read is taken as its end (see `Half::poll`).
+            Poll::Ready(Err(Fault::Reader)) => return Poll::Ready(End::Backend),
+            Poll::Ready(Ok(())) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+        };
+        if *this.cutting && ba.is_ready() {
+            return Poll::Ready(End::Cut);
+        }
+        if ab.is_ready() && ba.is_ready() {
+            // Whoever ended first closed it: after one side's end the other has FIN_WAIT.
+            return Poll::Ready(if *this.client_first {
+                End::Client
+            } else {
+                End::Backend
+            });
+        }
+        if (ab.is_ready() || ba.is_ready()) && *this.idle > FIN_WAIT {
+            *this.client_first = ab.is_ready();
+            *this.idle = FIN_WAIT;
+            *this.last = Instant::now();
+            this.timer.as_mut().reset(*this.last + FIN_WAIT);
         }
         if moved {
-            this.last = Instant::now();
+            *this.last = Instant::now();
         }
         // The timer is re-armed lazily: it fires at most once per idle period.
         while this.timer.as_mut().poll(cx).is_ready() {
             let quiet = this.last.elapsed();
-            if quiet >= this.idle {
-                return Poll::Ready(Ok(End::Idle));
+            if quiet >= *this.idle {
+                if *this.cutting {
+                    return Poll::Ready(End::Cut);
+                }
+                if ab.is_ready() {
+                    return Poll::Ready(End::Client);
+                }
+                if ba.is_ready() {
+                    return Poll::Ready(End::Backend);
+                }
+                return Poll::Ready(End::Idle);
             }
-            let deadline = Instant::now() + (this.idle - quiet);
+            let deadline = Instant::now() + (*this.idle - quiet);
             this.timer.as_mut().reset(deadline);
         }
         Poll::Pending
     }
 }
 
+/// Which end of a direction failed.
+enum Fault {
+    Reader,
+    Writer,
+}
+
 impl Half {
-    /// Moves what `from` has to `to`; ready once `from` ended and `to` is shut down.
+    /// Moves what `from` has to `to`; ready once `from` ended and `to` is shut down. `frames`,
+    /// for the backend-to-client direction, tracks frame boundaries: a close frame goes out
+    /// there when one is due, and a backend that ends (or fails) at a boundary without having
+    /// sent a close frame gets its client a `1014`.
     fn poll<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         from: &mut R,
         to: &mut W,
+        mut frames: Option<&mut Frames>,
         moved: &mut bool,
-    ) -> Poll<io::Result<()>>
+    ) -> Poll<Result<(), Fault>>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
@@ -231,9 +404,10 @@ impl Half {
         loop {
             if let Some((buf, start)) = &mut self.pending {
                 while *start < buf.len() {
-                    let n = ready!(Pin::new(&mut *to).poll_write(cx, &buf[*start..]))?;
+                    let n = ready!(Pin::new(&mut *to).poll_write(cx, &buf[*start..]))
+                        .map_err(|_| Fault::Writer)?;
                     if n == 0 {
-                        return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                        return Poll::Ready(Err(Fault::Writer));
                     }
                     *start += n;
                     *moved = true;
@@ -244,16 +418,51 @@ impl Half {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if self.eof {
-                ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
-                self.done = true;
-                return Poll::Ready(Ok(()));
+            if let Some(f) = frames.as_deref_mut() {
+                let due = match self.close_at_boundary {
+                    Some(code) if f.at_boundary() => Some(code),
+                    // The backend ended between frames without closing: tell the client so.
+                    None if self.eof && f.at_boundary() && !f.saw_close => Some(close::BAD_GATEWAY),
+                    _ => None,
+                };
+                if let Some(code) = due {
+                    self.pending = Some((close_frame(code), 0));
+                    self.eof = true;
+                    f.saw_close = true;
+                    self.close_at_boundary = None;
+                    continue;
+                }
             }
-            let read = SCRATCH_BUF.with_borrow_mut(|scratch| -> Poll<io::Result<()>> {
-                let mut rb = ReadBuf::new(scratch);
+            if self.eof {
+                ready!(Pin::new(&mut *to).poll_shutdown(cx)).map_err(|_| Fault::Writer)?;
+                self.done = true;
+                return Poll::Ready(if self.failed && frames.is_none() {
+                    Err(Fault::Reader)
+                } else {
+                    Ok(())
+                });
+            }
+            // Reads stop at the next boundary when a close frame is due there.
+            let limit = match (&frames, self.close_at_boundary) {
+                (Some(f), Some(_)) => f.until_boundary(),
+                _ => usize::MAX,
+            };
+            let read = SCRATCH_BUF.with_borrow_mut(|scratch| -> Poll<Result<(), Fault>> {
+                let len = scratch.len().min(limit);
+                let mut rb = ReadBuf::new(&mut scratch[..len]);
                 match Pin::new(&mut *from).poll_read(cx, &mut rb) {
                     Poll::Pending => Poll::Pending,
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    Poll::Ready(Err(_)) => {
+                        // A backend that resets is ended like one that closes: its client can
+                        // still get a close frame. A client that resets has no one to tell.
+                        self.eof = true;
+                        self.failed = true;
+                        if frames.is_some() {
+                            Poll::Ready(Ok(()))
+                        } else {
+                            Poll::Ready(Err(Fault::Reader))
+                        }
+                    }
                     Poll::Ready(Ok(())) if rb.filled().is_empty() => {
                         self.eof = true;
                         Poll::Ready(Ok(()))
@@ -261,14 +470,16 @@ impl Half {
                     Poll::Ready(Ok(())) => {
                         let data = rb.filled();
                         *moved = true;
+                        if let Some(f) = frames.as_deref_mut() {
+                            f.advance(data);
+                        }
                         // Write straight from the scratch buffer; keep a copy only of what the
                         // writer cannot take now.
                         let written = match Pin::new(&mut *to).poll_write(cx, data) {
-                            Poll::Ready(Ok(0)) => {
-                                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                                return Poll::Ready(Err(Fault::Writer))
                             }
                             Poll::Ready(Ok(n)) => n,
-                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                             Poll::Pending => 0,
                         };
                         if written > 0 {
@@ -283,11 +494,11 @@ impl Half {
             });
             match read {
                 Poll::Ready(Ok(())) => continue,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(fault)) => return Poll::Ready(Err(fault)),
                 Poll::Pending => {
                     // Nothing more to read for now: push out what the writer may be holding.
                     if self.unflushed {
-                        ready!(Pin::new(&mut *to).poll_flush(cx))?;
+                        ready!(Pin::new(&mut *to).poll_flush(cx)).map_err(|_| Fault::Writer)?;
                         self.unflushed = false;
                     }
                     return Poll::Pending;
@@ -302,11 +513,63 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A server frame (unmasked, FIN) of `opcode` around `payload`.
+    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(n as u8),
+            n if n <= 0xffff => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn closing(code: u16) -> Vec<u8> {
+        close_frame(code).to_vec()
+    }
+
+    #[test]
+    fn frame_boundaries_are_found_in_any_split() {
+        let mut stream = frame(0x1, b"hello");
+        stream.extend(frame(0x2, &vec![7u8; 300]));
+        stream.extend(frame(0x2, &vec![9u8; 70_000]));
+        // A masked frame, as a client sends: 4 mask bytes after the length.
+        stream.extend([0x81, 0x83, 1, 2, 3, 4, b'a', b'b', b'c']);
+        for chunk in [1, 2, 3, 7, 13, 4096, stream.len()] {
+            let mut f = Frames::default();
+            for piece in stream.chunks(chunk) {
+                f.advance(piece);
+            }
+            assert!(f.at_boundary(), "split into {chunk}-byte pieces");
+            assert!(!f.saw_close);
+        }
+        let mut f = Frames::default();
+        f.advance(&stream[..3]);
+        assert!(!f.at_boundary());
+        assert_eq!(f.until_boundary(), 4, "the rest of \"hello\"");
+        f.advance(&closing(1000)[..0]);
+        let mut f = Frames::default();
+        f.advance(&closing(1000));
+        assert!(f.at_boundary() && f.saw_close);
+    }
+
     #[tokio::test]
-    async fn bytes_cross_both_ways_and_eof_propagates() {
+    async fn bytes_cross_both_ways_and_the_first_to_close_is_named() {
         let (client, proxy_a) = tokio::io::duplex(64);
         let (proxy_b, backend) = tokio::io::duplex(64);
-        let pumping = tokio::spawn(pump(proxy_a, proxy_b, Duration::from_secs(30)));
+        let pumping = tokio::spawn(pump(
+            proxy_a,
+            proxy_b,
+            Duration::from_secs(30),
+            std::future::pending(),
+        ));
         let (mut cr, mut cw) = tokio::io::split(client);
         let (mut br, mut bw) = tokio::io::split(backend);
         // More than the duplex capacity, so the pump must hold and drain pending bytes.
@@ -320,19 +583,131 @@ mod tests {
         br.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, big);
         writer.await.expect("writer");
-        bw.write_all(b"bye").await.expect("write back");
+        let mut bye = frame(0x1, b"bye");
+        bye.extend(closing(1000));
+        bw.write_all(&bye).await.expect("write back");
         bw.shutdown().await.expect("shutdown");
         let mut back = Vec::new();
         cr.read_to_end(&mut back).await.expect("read back");
-        assert_eq!(back, b"bye");
-        assert_eq!(pumping.await.expect("join").expect("pump"), End::Closed);
+        assert_eq!(
+            back, bye,
+            "the backend's own close frame, and nothing added"
+        );
+        assert_eq!(pumping.await.expect("join"), End::Client);
+    }
+
+    /// A backend that ends between frames without a close frame: its client gets 1014.
+    #[tokio::test]
+    async fn a_backend_that_ends_without_closing_gets_its_client_a_1014() {
+        let (mut client, proxy_a) = tokio::io::duplex(1024);
+        let (proxy_b, mut backend) = tokio::io::duplex(1024);
+        let pumping = tokio::spawn(pump(
+            proxy_a,
+            proxy_b,
+            Duration::from_secs(30),
+            std::future::pending(),
+        ));
+        let hello = frame(0x1, b"hello");
+        backend.write_all(&hello).await.expect("write");
+        drop(backend);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        let mut want = hello;
+        want.extend(closing(close::BAD_GATEWAY));
+        assert_eq!(got, want);
+        drop(client);
+        assert_eq!(pumping.await.expect("join"), End::Backend);
+    }
+
+    /// rtcgate cuts an idle tunnel: the close frame goes out at once, then the connection
+    /// closes.
+    #[tokio::test]
+    async fn a_cut_sends_its_close_frame_and_closes() {
+        let (mut client, proxy_a) = tokio::io::duplex(1024);
+        let (proxy_b, _backend) = tokio::io::duplex(1024);
+        let (fire, fired) = tokio::sync::oneshot::channel::<()>();
+        let cut = async move {
+            let _ = fired.await;
+            close::SERVICE_RESTART
+        };
+        let pumping = tokio::spawn(pump(proxy_a, proxy_b, Duration::from_secs(30), cut));
+        let _ = fire.send(());
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.expect("read");
+        assert_eq!(got, closing(close::SERVICE_RESTART));
+        assert_eq!(pumping.await.expect("join"), End::Cut);
+    }
+
+    /// A cut while a large frame is on its way: the frame arrives whole, then the close frame;
+    /// nothing the backend sends after that frame reaches the client.
+    #[tokio::test]
+    async fn a_cut_waits_for_the_frame_in_flight() {
+        let (mut client, proxy_a) = tokio::io::duplex(1 << 20);
+        let (proxy_b, mut backend) = tokio::io::duplex(1 << 20);
+        let (fire, fired) = tokio::sync::oneshot::channel::<()>();
+        let cut = async move {
+            let _ = fired.await;
+            close::GOING_AWAY
+        };
+        let pumping = tokio::spawn(pump(proxy_a, proxy_b, Duration::from_secs(30), cut));
+        let big = frame(0x2, &vec![5u8; 100_000]);
+        let (first, rest) = big.split_at(40_000);
+        backend.write_all(first).await.expect("first half");
+        let mut got = vec![0u8; first.len()];
+        client
+            .read_exact(&mut got)
+            .await
+            .expect("first half through");
+        let _ = fire.send(());
+        tokio::task::yield_now().await;
+        backend.write_all(rest).await.expect("second half");
+        backend
+            .write_all(&frame(0x1, b"after the cut"))
+            .await
+            .expect("next frame");
+        let mut tail = Vec::new();
+        client.read_to_end(&mut tail).await.expect("read");
+        got.extend(tail);
+        let mut want = big.clone();
+        want.extend(closing(close::GOING_AWAY));
+        assert_eq!(got.len(), want.len());
+        assert!(
+            got == want,
+            "the frame, then the close frame, and nothing else"
+        );
+        assert_eq!(pumping.await.expect("join"), End::Cut);
+    }
+
+    /// A backend that hangs inside a frame does not hold the cut: after CUT_WAIT the
+    /// connection closes without a close frame (one cannot go inside a frame).
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_does_not_wait_for_a_frame_that_never_ends() {
+        let (mut client, proxy_a) = tokio::io::duplex(1024);
+        let (proxy_b, mut backend) = tokio::io::duplex(1024);
+        let (fire, fired) = tokio::sync::oneshot::channel::<()>();
+        let cut = async move {
+            let _ = fired.await;
+            close::SERVICE_RESTART
+        };
+        let pumping = tokio::spawn(pump(proxy_a, proxy_b, Duration::from_secs(30), cut));
+        backend
+            .write_all(&frame(0x2, &[1u8; 500])[..100])
+            .await
+            .expect("part of a frame");
+        let mut got = vec![0u8; 100];
+        client.read_exact(&mut got).await.expect("the part");
+        let _ = fire.send(());
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.expect("read");
+        assert!(rest.is_empty(), "no close frame inside the frame: {rest:?}");
+        assert_eq!(pumping.await.expect("join"), End::Cut);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_tunnel_ends_after_the_idle_timeout() {
         let (_client, a) = tokio::io::duplex(64);
         let (b, _backend) = tokio::io::duplex(64);
-        let end = pump(a, b, Duration::from_secs(5)).await.expect("pump");
+        let end = pump(a, b, Duration::from_secs(5), std::future::pending()).await;
         assert_eq!(end, End::Idle);
     }
 }

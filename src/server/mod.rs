@@ -19,6 +19,8 @@ pub mod workers;
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::metrics::TunnelEnd;
+use crate::proxy::tunnel::CUT_WAIT;
 use crate::server::listeners::Traffic;
 use crate::server::workers::Workers;
 use crate::state::Shared;
@@ -26,7 +28,8 @@ use crate::state::Shared;
 pub use crate::server::listeners::Listeners;
 
 /// Serves `traffic` until `shutdown` completes, then stops accepting, gives in-flight requests
-/// `limits.shutdown_grace` to finish, and returns.
+/// and open tunnels `limits.shutdown_grace` to finish, sends the tunnels still open a close
+/// frame (1001), and returns.
 ///
 /// Connections are served by `limits.workers` threads, each with its own single-threaded tokio
 /// runtime accepting from sockets of its own (see `listeners::worker_socket`): a connection, its
@@ -56,6 +59,12 @@ pub async fn run(
             open = shared.tasks.len(),
             "grace period over; closing the remaining connections"
         );
+        // Tunnels still open get a close frame (1001, going away) between two frames, so their
+        // clients reconnect at once, to another instance where there is one.
+        for member in shared.snapshot().pools.iter().flat_map(|p| &p.members) {
+            member.backend.close_tunnels(TunnelEnd::Shutdown);
+        }
+        let _ = tokio::time::timeout(CUT_WAIT, shared.tasks.wait()).await;
     }
     workers.stop().await
 }

@@ -15,7 +15,8 @@ use std::time::SystemTime;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{BackendMetrics, Metrics};
+use crate::config::OnDown;
+use crate::metrics::{BackendMetrics, Metrics, TunnelEnd};
 
 /// What an operator has asked of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,12 +48,37 @@ pub struct Backend {
     fails: AtomicU32,
     /// The last active check, for `/status`.
     last_check: Mutex<Option<CheckRecord>>,
-    /// Cancelled to close every open tunnel (drain timeout); replaced after use.
-    tunnels_stop: Mutex<CancellationToken>,
+    /// Fired to close every open tunnel; replaced after use.
+    tunnels_stop: Mutex<Arc<TunnelsStop>>,
     /// Bumped whenever the admin state changes, so a pending drain timer can tell it is stale.
     admin_generation: AtomicU64,
     /// No longer in the configuration: draining until its pool's `drain_timeout`.
     removed: AtomicBool,
+}
+
+/// The signal that closes a backend's tunnels, and why it fired.
+#[derive(Debug, Default)]
+pub struct TunnelsStop {
+    token: CancellationToken,
+    why: std::sync::OnceLock<TunnelEnd>,
+}
+
+impl TunnelsStop {
+    /// Waits until this backend's tunnels are to be closed; returns why.
+    pub async fn fired(&self) -> TunnelEnd {
+        self.token.cancelled().await;
+        self.why()
+    }
+
+    /// Whether it fired.
+    pub fn has_fired(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Why it fired (`Drain` until it has).
+    pub fn why(&self) -> TunnelEnd {
+        self.why.get().copied().unwrap_or(TunnelEnd::Drain)
+    }
 }
 
 /// One health result.
@@ -87,7 +113,7 @@ impl Backend {
             passes: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             last_check: Mutex::new(None),
-            tunnels_stop: Mutex::new(CancellationToken::new()),
+            tunnels_stop: Mutex::default(),
             admin_generation: AtomicU64::new(0),
             removed: AtomicBool::new(false),
         })
@@ -136,8 +162,15 @@ impl Backend {
     }
 
     /// Records one health result toward `rise` or `fall`, and logs the transition when the
-    /// backend's health flips. Returns the new health when it flipped.
-    pub fn record_health(&self, check: Check<'_>, rise: u32, fall: u32) -> Option<bool> {
+    /// backend's health flips; a backend that goes down has its tunnels closed unless `on_down`
+    /// keeps them. Returns the new health when it flipped.
+    pub fn record_health(
+        &self,
+        check: Check<'_>,
+        rise: u32,
+        fall: u32,
+        on_down: OnDown,
+    ) -> Option<bool> {
         let passed = match &check {
             Check::Probe { passed, .. } => *passed,
             Check::Failed(_) => false,
@@ -155,6 +188,10 @@ impl Backend {
                 tracing::warn!(%pool, backend = %id, %error, "backend is down (passive check)");
             }
             _ => {}
+        }
+        if flipped == Some(false) && on_down == OnDown::Close && self.sessions() > 0 {
+            tracing::info!(%pool, backend = %id, sessions = self.sessions(), "closing the down backend's tunnels");
+            self.close_tunnels(TunnelEnd::Down);
         }
         if let Check::Probe { passed, detail } = check {
             if passed {
@@ -213,18 +250,20 @@ impl Backend {
             .clone()
     }
 
-    /// A token cancelled when this backend's tunnels are to be closed.
-    pub fn tunnels_stop(&self) -> CancellationToken {
+    /// What a new tunnel of this backend waits on: it fires, with a reason, when this
+    /// backend's tunnels are to be closed.
+    pub fn tunnels_stop(&self) -> Arc<TunnelsStop> {
         self.tunnels_stop
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
-    /// Closes every open tunnel; tunnels opened afterwards are not affected.
-    pub fn close_tunnels(&self) {
+    /// Closes every open tunnel for `why`; tunnels opened afterwards are not affected.
+    pub fn close_tunnels(&self, why: TunnelEnd) {
         let old = std::mem::take(&mut *self.tunnels_stop.lock().unwrap_or_else(|e| e.into_inner()));
-        old.cancel();
+        let _ = old.why.set(why);
+        old.token.cancel();
     }
 
     pub fn sessions(&self) -> u32 {

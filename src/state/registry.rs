@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TunnelEnd};
 use crate::state::backend::{AdminState, Backend};
 
 type Key = (String, String, SocketAddr);
@@ -154,7 +154,7 @@ impl Registry {
             }
             let b = &l.backend;
             tracing::info!(pool = %b.pool, backend = %b.id, sessions = b.sessions(), "removed backend's drain is over");
-            b.close_tunnels();
+            b.close_tunnels(TunnelEnd::Drain);
             // A backend listed again under the same id (a new address) shares the series.
             let shared = live.keys().any(|(p, i, _)| **p == *b.pool && **i == *b.id);
             if !shared {
@@ -260,9 +260,10 @@ mod tests {
         let (_, leaving) = registry.update(&[wanted("media", "a", "127.0.0.1:1")]);
         let stop = b.tunnels_stop();
         assert_eq!(registry.expire(Instant::now()), 0, "still within its drain");
-        assert!(!stop.is_cancelled());
+        assert!(!stop.has_fired());
         assert_eq!(registry.expire(leaving[0].until), 1, "its drain is over");
-        assert!(stop.is_cancelled(), "its tunnels are closed");
+        assert!(stop.has_fired(), "its tunnels are closed");
+        assert_eq!(stop.why(), TunnelEnd::Drain);
         let (_, leaving) = registry.update(&[wanted("media", "a", "127.0.0.1:1")]);
         assert!(leaving.is_empty(), "gone for good");
     }

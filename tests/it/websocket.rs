@@ -361,3 +361,145 @@ async fn joiners_of_a_new_room_who_arrive_together_meet_on_one_backend() {
         }
     }
 }
+
+/// The close code a WebSocket client gets next, passing over data and pings.
+async fn close_code<S>(ws: &mut Ws<S>) -> Option<u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match within("a close frame", ws.next()).await {
+            Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            None | Some(Err(_)) => return None,
+        }
+    }
+}
+
+/// A backend put in maintenance has its tunnels closed at once with 1012 (service restart),
+/// over HTTP/1.1 and HTTP/2 alike, so that its users reconnect elsewhere; with
+/// `on_down = "keep"` they stay open.
+#[tokio::test]
+async fn maintenance_closes_tunnels_with_1012_unless_kept() {
+    let backends = spawn_backends(1).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let mut h1 = proxy.ws_tls("/ws", None).await;
+    let mut h2 = proxy.ws_h2("/ws", None).await;
+    echo(h1.ws(), "before").await;
+    echo(h2.ws(), "before").await;
+    proxy
+        .runtime
+        .set_admin_state("media", "b1", rtcgate::state::backend::AdminState::Maint)
+        .expect("maint");
+    assert_eq!(close_code(h1.ws()).await, Some(1012));
+    assert_eq!(close_code(h2.ws()).await, Some(1012));
+
+    let kept =
+        config_for(&backends, "").replace("hosts = [\"*\"]", "hosts = [\"*\"]\non_down = \"keep\"");
+    let proxy = spawn_proxy(&kept).await;
+    let mut r = proxy.ws_plain("/ws", None).await;
+    proxy
+        .runtime
+        .set_admin_state("media", "b1", rtcgate::state::backend::AdminState::Maint)
+        .expect("maint");
+    echo(r.ws(), "still open in maintenance").await;
+}
+
+/// rtcgate's shutdown, once the grace period is over, ends open tunnels with 1001 (going away).
+#[tokio::test]
+async fn shutdown_ends_open_tunnels_with_1001() {
+    let backends = spawn_backends(1).await;
+    let mut proxy = spawn_proxy(&config_for(&backends, "shutdown_grace = \"200ms\"")).await;
+    let mut r = proxy.ws_tls("/ws", None).await;
+    echo(r.ws(), "before shutdown").await;
+    let stopping = proxy.shutdown();
+    assert_eq!(close_code(r.ws()).await, Some(1001));
+    within("server stops", stopping)
+        .await
+        .expect("join")
+        .expect("run");
+}
+
+/// A backend that dies between frames: its clients get 1014 (bad gateway), not a bare close
+/// that browsers report as 1006. (Read as bytes: tungstenite takes 1014, registered in 2018,
+/// for a protocol error; browsers accept it.)
+#[tokio::test]
+async fn a_dead_backend_gets_its_clients_a_1014() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backends = spawn_backends(1).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let mut tcp = tokio::net::TcpStream::connect(proxy.http)
+        .await
+        .expect("connect");
+    tcp.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("upgrade");
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        within("101", tcp.read_exact(&mut b)).await.expect("101");
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    // A masked text frame "hi", and its echo.
+    tcp.write_all(&[0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2])
+        .await
+        .expect("frame");
+    let mut echo = [0u8; 4];
+    within("echo", tcp.read_exact(&mut echo))
+        .await
+        .expect("echo");
+    assert_eq!(echo, [0x81, 0x02, b'h', b'i']);
+    backends[0].kill();
+    let mut rest = Vec::new();
+    within("close", tcp.read_to_end(&mut rest))
+        .await
+        .expect("read");
+    assert_eq!(
+        rest,
+        [0x88, 0x02, 0x03, 0xf6],
+        "a close frame with 1014, then EOF"
+    );
+}
+
+/// A backend that stops passing its health checks has its tunnels closed with 1012 once it is
+/// marked down: within fall x interval + timeout, not at the tunnel idle timeout (1 h).
+#[tokio::test]
+async fn tunnels_of_a_backend_marked_down_are_closed() {
+    let backends = spawn_backends(2).await;
+    let health =
+        "[pools.media.health]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nrise = 2\nfall = 2\n";
+    let toml = config_for(&backends, "").replacen(
+        "[[pools.media.backends]]",
+        &format!("{health}\n[[pools.media.backends]]"),
+        1,
+    );
+    let proxy = spawn_proxy(&toml).await;
+    let cookie = proxy.user_pinned_to("b1").await;
+    let mut r = proxy.ws_tls("/ws", Some(&cookie)).await;
+    assert_eq!(r.backend(), "b1");
+    echo(r.ws(), "before").await;
+    let hung = std::time::Instant::now();
+    backends[0].set_healthy(false);
+    assert_eq!(close_code(r.ws()).await, Some(1012));
+    let took = hung.elapsed();
+    // fall x interval (+-10 % jitter) + timeout, and room for a loaded machine.
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "closed {took:?} after the backend hung"
+    );
+    let text = proxy.admin().await.get("/metrics").await.text();
+    assert!(
+        text.contains("rtcgate_tunnels_closed_total{pool=\"media\",reason=\"down\"} 1"),
+        "{text}"
+    );
+}
