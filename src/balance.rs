@@ -115,15 +115,27 @@ pub fn place<'a>(
     }
 }
 
-/// Places a user afresh after `failed` refused the connection: the room's next backend, or the
-/// least loaded one, never `failed`.
+/// Places a user afresh after `failed` refused the connection, never on `failed`: where its
+/// room lives now, when another participant already moved it to a backend that can take the
+/// user (so a room's participants reconnecting together after its backend died stay whole);
+/// else the room's next backend, or the least loaded one.
 pub fn place_elsewhere<'a>(
     pool: &'a Pool,
     room: Option<Room<'_>>,
     failed: &str,
 ) -> Result<&'a Member, Rejection> {
     match room {
-        Some(room) => room_backend(pool, room.name, None, Some(failed)),
+        Some(room) => {
+            let moved = room
+                .live_on
+                .filter(|id| *id != failed)
+                .and_then(|id| pool.member(id))
+                .filter(|m| eligible(m));
+            match moved {
+                Some(m) => Ok(m),
+                None => room_backend(pool, room.name, None, Some(failed)),
+            }
+        }
         None => least_loaded(pool, Some(failed)),
     }
 }

@@ -12,8 +12,31 @@ use crate::proxy::body::ResponseBody;
 use crate::proxy::upstream::UpstreamError;
 use crate::state::backend::Backend;
 
-/// Seconds a client is told to wait in `Retry-After` when no backend can take it.
+/// Seconds a client is told to wait in `Retry-After` when no backend can take it, on average:
+/// each 503 says one of `RETRY_AFTER_SECS ± RETRY_AFTER_JITTER`, so that clients refused
+/// together (a reconnect wave into a full pool) do not all come back in the same second.
 pub const RETRY_AFTER_SECS: u64 = 5;
+pub const RETRY_AFTER_JITTER: u64 = 2;
+
+/// This 503's `Retry-After`: spread over `RETRY_AFTER_SECS ± RETRY_AFTER_JITTER` by a hash of
+/// the clock and a per-thread count (no system call).
+fn retry_after() -> u64 {
+    thread_local! {
+        static COUNT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+    let n = COUNT.with(|c| {
+        c.set(c.get().wrapping_add(1));
+        c.get()
+    });
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let mut seed = [0u8; 12];
+    seed[..8].copy_from_slice(&n.to_le_bytes());
+    seed[8..].copy_from_slice(&nanos.to_le_bytes());
+    let spread = xxhash_rust::xxh3::xxh3_64(&seed) % (2 * RETRY_AFTER_JITTER + 1);
+    RETRY_AFTER_SECS - RETRY_AFTER_JITTER + spread
+}
 
 /// Why a request got no answer from a backend, and so which status the client sees.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +100,7 @@ impl ProxyError {
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after()));
         }
         resp
     }
@@ -111,4 +134,17 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_spreads_over_its_range() {
+        let seen: std::collections::BTreeSet<u64> = (0..200).map(|_| retry_after()).collect();
+        let range = RETRY_AFTER_SECS - RETRY_AFTER_JITTER..=RETRY_AFTER_SECS + RETRY_AFTER_JITTER;
+        assert!(seen.iter().all(|s| range.contains(s)), "{seen:?}");
+        assert_eq!(seen.len(), 5, "every second of the range is used: {seen:?}");
+    }
 }

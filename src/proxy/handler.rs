@@ -275,11 +275,25 @@ impl Handler {
     fn place_elsewhere(&self, failed: &Plan) -> Option<Plan> {
         let snap = self.shared.snapshot();
         let pool = snap.pool(&failed.backend.pool)?;
-        let room = failed.room.as_deref().map(|name| balance::Room {
-            name,
-            live_on: None,
-        });
-        let member = balance::place_elsewhere(pool, room, &failed.backend.id).ok()?;
+        let decide = |live_on: Option<&str>| {
+            let room = failed
+                .room
+                .as_deref()
+                .map(|name| balance::Room { name, live_on });
+            balance::place_elsewhere(pool, room, &failed.backend.id).map(|m| (m, &*m.backend))
+        };
+        // A WebSocket of a room joins the room where it lives now, in one step, as at placement.
+        let (member, in_room) = match (&failed.in_room, failed.room.as_deref()) {
+            (Some(_), Some(room)) => {
+                let (m, joined) = self
+                    .shared
+                    .rooms
+                    .join(&pool.config.name, room, decide)
+                    .ok()?;
+                (m, Some(joined))
+            }
+            _ => (decide(None).ok()?.0, None),
+        };
         let backend = &member.backend;
         let set_cookie = match &member.pin_cache {
             Some(c) => c.set_cookie(failed.tls),
@@ -293,11 +307,7 @@ impl Handler {
         Some(Plan {
             inflight: failed.inflight.as_ref().map(|_| backend.start_request()),
             session: failed.session.as_ref().map(|_| backend.open_session()),
-            in_room: failed
-                .in_room
-                .as_ref()
-                .zip(failed.room.as_deref())
-                .map(|(_, room)| self.shared.rooms.enter(backend, room)),
+            in_room,
             backend: backend.clone(),
             set_cookie: Some(set_cookie),
             room: failed.room.clone(),

@@ -45,11 +45,6 @@ impl LiveRooms {
     }
 
     /// Counts one tunnel of `room` on `backend` until the guard drops.
-    pub fn enter(self: &Arc<Self>, backend: &Backend, room: &str) -> RoomTunnel {
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        self.count(&mut pools, backend, room)
-    }
-
     fn count(
         self: &Arc<Self>,
         pools: &mut HashMap<Arc<str>, RoomsOfPool>,

@@ -211,9 +211,10 @@ async fn max_sessions_caps_new_pins_but_admits_pinned_users() {
     assert_ne!(a.backend(), b.backend());
     let full = proxy.ws_plain("/ws", None).await;
     assert_eq!(full.status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(
-        full.headers.get("retry-after").map(|v| v.as_bytes()),
-        Some(&b"5"[..])
+    assert_retry_after(
+        full.headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
     );
     let cookie = a.set_cookie_pair().expect("cookie");
     let mut pinned = proxy.ws_plain("/ws", Some(&cookie)).await;
@@ -502,4 +503,66 @@ async fn tunnels_of_a_backend_marked_down_are_closed() {
         text.contains("rtcgate_tunnels_closed_total{pool=\"media\",reason=\"down\"} 1"),
         "{text}"
     );
+}
+
+/// A room stays whole on failover: its backend dies, its 20 participants reconnect at once,
+/// and all of them land on one new backend.
+#[tokio::test]
+async fn a_room_of_twenty_stays_together_through_its_backends_failure() {
+    let backends = spawn_backends(3).await;
+    let toml = config_for(&backends, "")
+        .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nroom_param = \"room\"");
+    let proxy = spawn_proxy(&toml).await;
+    let path = "/ws?room=all-hands";
+    let mut joined = join_all((0..20).map(|_| proxy.ws_plain(path, None))).await;
+    let home = joined[0].backend();
+    assert!(joined.iter().all(|j| j.backend() == home), "split before");
+    let dead = backends.iter().find(|b| b.id == home).expect("home");
+    dead.kill();
+    for j in &mut joined {
+        closed(j.ws()).await;
+    }
+    let cookies: Vec<Option<String>> = joined.iter().map(|j| j.set_cookie_pair()).collect();
+    let again = join_all(cookies.iter().map(|c| proxy.ws_plain(path, c.as_deref()))).await;
+    let homes: std::collections::HashSet<String> = again.iter().map(|j| j.backend()).collect();
+    assert_eq!(homes.len(), 1, "the room split on failover: {homes:?}");
+    assert!(!homes.contains(&home), "back on the dead backend");
+}
+
+/// A reconnect wave lands evenly: a backend with 300 tunnels dies, its users reconnect at
+/// once, and the two others take them within 10 % of even, none refused.
+#[tokio::test]
+async fn a_reconnect_wave_spreads_evenly_over_the_rest() {
+    let backends = spawn_backends(3).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let cookie = proxy.user_pinned_to("b1").await;
+    let users = 300;
+    let mut open = Vec::new();
+    for chunk in 0..(users / 50) {
+        let _ = chunk;
+        open.extend(join_all((0..50).map(|_| proxy.ws_plain("/ws", Some(&cookie)))).await);
+    }
+    assert!(open.iter().all(|o| o.backend() == "b1"));
+    backends[0].kill();
+    for o in &mut open {
+        closed(o.ws()).await;
+    }
+    let wave = join_all((0..users).map(|_| proxy.ws_plain("/ws", Some(&cookie)))).await;
+    let mut on = std::collections::HashMap::<String, usize>::new();
+    for w in &wave {
+        assert_eq!(
+            w.status,
+            StatusCode::SWITCHING_PROTOCOLS,
+            "a user was refused"
+        );
+        *on.entry(w.backend()).or_default() += 1;
+    }
+    let even = users / 2;
+    for id in ["b2", "b3"] {
+        let n = on.get(id).copied().unwrap_or(0);
+        assert!(
+            n.abs_diff(even) * 10 <= even,
+            "{id} took {n} of {users}: {on:?}"
+        );
+    }
 }

@@ -153,3 +153,12 @@ pub async fn solo() -> tokio::sync::MutexGuard<'static, ()> {
     static SOLO: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     SOLO.lock().await
 }
+
+/// Asserts that `value` is a `Retry-After` rtcgate sends: 5 s, give or take 2 (jitter, so that
+/// clients refused together do not return together).
+pub fn assert_retry_after(value: Option<&str>) {
+    let secs: u64 = value
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("Retry-After {value:?}"));
+    assert!((3..=7).contains(&secs), "Retry-After {secs}");
+}
