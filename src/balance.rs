@@ -30,7 +30,7 @@ pub struct Placement<'a> {
 /// Whether a backend takes traffic from users already pinned to it: up and not in maintenance
 /// (draining backends keep their users).
 pub fn serving(m: &Member) -> bool {
-    m.backend.is_up() && m.backend.admin() != AdminState::Maint
+    m.backend.is_up() && m.backend.takes_pinned()
 }
 
 /// Whether a backend can take a new pin: up, enabled and below its session cap.
@@ -52,7 +52,7 @@ pub fn all_down(pool: &Pool) -> bool {
     !pool
         .members
         .iter()
-        .any(|m| m.backend.is_up() && m.backend.admin() != AdminState::Maint)
+        .any(|m| m.backend.is_up() && m.backend.takes_pinned())
 }
 
 /// A room named by a request.
@@ -98,8 +98,7 @@ pub fn place<'a>(
             set_cookie: !same || refresh,
         });
     }
-    let pin_serves =
-        |m: &Member| serving(m) || (m.backend.admin() != AdminState::Maint && all_down(pool));
+    let pin_serves = |m: &Member| serving(m) || (m.backend.takes_pinned() && all_down(pool));
     match pinned {
         Some(m) if pin_serves(m) => Ok(Placement {
             member: m,

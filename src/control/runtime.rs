@@ -144,6 +144,11 @@ impl Runtime {
             return Err(AdminError::Removed);
         }
         let before = backend.admin();
+        if before == AdminState::Draining && state == AdminState::Draining {
+            // The drain under way keeps its deadline: a second call must not push it back.
+            tracing::info!(%pool, backend = %id, "already draining; its deadline stays");
+            return Ok(());
+        }
         let generation = backend.set_admin(state);
         tracing::info!(%pool, backend = %id, from = ?before, to = ?state, "admin state changed");
         match state {
@@ -186,9 +191,9 @@ impl Runtime {
 fn drain_after(backend: Arc<Backend>, generation: u64, timeout: Duration) {
     tokio::spawn(async move {
         tokio::time::sleep(timeout).await;
-        if backend.admin_generation() == generation && backend.sessions() > 0 {
-            tracing::info!(pool = %backend.pool, backend = %backend.id, sessions = backend.sessions(), "drain timeout: closing the remaining tunnels");
-            backend.close_tunnels(TunnelEnd::Drain);
+        if backend.admin_generation() == generation {
+            tracing::info!(pool = %backend.pool, backend = %backend.id, sessions = backend.sessions(), "drain timeout: its pins move elsewhere, its tunnels close");
+            backend.end_drain();
         }
     });
 }

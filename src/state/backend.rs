@@ -54,6 +54,10 @@ pub struct Backend {
     admin_generation: AtomicU64,
     /// No longer in the configuration: draining until its pool's `drain_timeout`.
     removed: AtomicBool,
+    /// Its drain reached its deadline: pins to it are no longer honoured.
+    drain_over: AtomicBool,
+    /// It drains because the configuration no longer lists it, not by an operator's call.
+    draining_for_removal: AtomicBool,
 }
 
 /// The signal that closes a backend's tunnels, and why it fired.
@@ -116,6 +120,8 @@ impl Backend {
             tunnels_stop: Mutex::default(),
             admin_generation: AtomicU64::new(0),
             removed: AtomicBool::new(false),
+            drain_over: AtomicBool::new(false),
+            draining_for_removal: AtomicBool::new(false),
         })
     }
 
@@ -138,7 +144,41 @@ impl Backend {
     /// Sets the admin state; returns the new admin generation (see [`Backend::admin_generation`]).
     pub fn set_admin(&self, state: AdminState) -> u64 {
         self.admin.store(state as u8, Ordering::Relaxed);
+        self.drain_over.store(false, Ordering::Relaxed);
+        self.draining_for_removal.store(false, Ordering::Relaxed);
         self.admin_generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Ends a drain at its deadline: pins to it are no longer honoured (its users are placed
+    /// afresh, as for maintenance) and its tunnels are closed, so the drain reaches zero.
+    pub fn end_drain(&self) {
+        self.drain_over.store(true, Ordering::Relaxed);
+        self.close_tunnels(TunnelEnd::Drain);
+    }
+
+    /// Whether users pinned to it may still use it: not in maintenance, and not past the
+    /// deadline of its drain. (Health is the caller's to weigh.)
+    pub fn takes_pinned(&self) -> bool {
+        self.admin() != AdminState::Maint && !self.drain_over.load(Ordering::Relaxed)
+    }
+
+    /// Starts the drain of a backend the configuration no longer lists (unless it is in
+    /// maintenance, or an operator drained it already: then it keeps that state).
+    pub fn drain_for_removal(&self) {
+        self.set_removed(true);
+        if self.admin() == AdminState::Enabled {
+            self.set_admin(AdminState::Draining);
+            self.draining_for_removal.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A removed backend listed again: it stops leaving, and takes users again if only its
+    /// removal was draining it; an operator's drain or maintenance stays.
+    pub fn listed_again(&self) {
+        self.set_removed(false);
+        if self.draining_for_removal.load(Ordering::Relaxed) {
+            self.set_admin(AdminState::Enabled);
+        }
     }
 
     /// Changes with every admin state change.

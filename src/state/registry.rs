@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::metrics::{Metrics, TunnelEnd};
-use crate::state::backend::{AdminState, Backend};
+use crate::state::backend::Backend;
 
 type Key = (String, String, SocketAddr);
 
@@ -100,10 +100,7 @@ impl Registry {
                 None => match all.leaving.remove(&key) {
                     Some(back) => {
                         tracing::info!(pool = %w.pool, backend = %w.id, "backend listed again: it stops leaving");
-                        back.backend.set_removed(false);
-                        if back.backend.admin() == AdminState::Draining {
-                            back.backend.set_admin(AdminState::Enabled);
-                        }
+                        back.backend.listed_again();
                         back.backend
                     }
                     None => Backend::new(w.pool, w.id, w.addr, &self.metrics),
@@ -123,11 +120,9 @@ impl Registry {
         for (key, gone) in std::mem::replace(&mut all.live, live) {
             let b = &gone.backend;
             tracing::info!(pool = %b.pool, backend = %b.id, addr = %b.addr, drain_timeout = ?gone.drain_timeout, "backend removed: draining");
-            b.set_removed(true);
-            // A backend in maintenance stays out of traffic; any other drains.
-            if b.admin() != AdminState::Maint {
-                b.set_admin(AdminState::Draining);
-            }
+            // A backend in maintenance stays out of traffic, a drained one stays drained; an
+            // enabled one drains.
+            b.drain_for_removal();
             all.leaving.insert(
                 key,
                 Leaving {
@@ -169,6 +164,7 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::backend::AdminState;
 
     fn wanted<'a>(pool: &'a str, id: &'a str, addr: &str) -> Wanted<'a> {
         let addr = addr.parse().expect("address");
@@ -266,6 +262,24 @@ mod tests {
         assert_eq!(stop.why(), TunnelEnd::Drain);
         let (_, leaving) = registry.update(&[wanted("media", "a", "127.0.0.1:1")]);
         assert!(leaving.is_empty(), "gone for good");
+    }
+
+    /// An operator's drain outlives a removal and a listing again: only a drain the removal
+    /// itself started ends when the backend is listed again.
+    #[test]
+    fn a_drained_backend_removed_and_listed_again_stays_drained() {
+        let registry = Registry::default();
+        let (first, _) = registry.update(&[wanted("media", "a", "127.0.0.1:1")]);
+        first[0].set_admin(AdminState::Draining);
+        registry.update(&[]);
+        let (again, _) = registry.update(&[wanted("media", "a", "127.0.0.1:1")]);
+        assert!(Arc::ptr_eq(&again[0], &first[0]));
+        assert!(!again[0].is_removed());
+        assert_eq!(
+            again[0].admin(),
+            AdminState::Draining,
+            "the operator's drain stays"
+        );
     }
 
     /// A backend in maintenance when it is removed stays out of traffic instead of draining.

@@ -199,6 +199,57 @@ async fn a_draining_backends_tunnels_close_at_drain_timeout() {
     assert_eq!(mine["drained"], true, "drained to zero is reported");
 }
 
+/// A drain ends at its deadline: the backend's tunnels close, its pins no longer hold (its
+/// users are placed elsewhere with a new cookie, as for maintenance), and the drain reaches
+/// zero. A second drain call meanwhile does not push the deadline back.
+#[tokio::test]
+async fn a_drain_deadline_moves_its_pins_and_a_second_drain_call_keeps_it() {
+    let backends = spawn_backends(2).await;
+    let toml = config_for(&backends, "").replace(
+        "hosts = [\"*\"]",
+        "hosts = [\"*\"]\ndrain_timeout = \"500ms\"",
+    );
+    let proxy = spawn_proxy(&toml).await;
+    let cookie = proxy.user_pinned_to("b1").await;
+    let mut ws = proxy.ws_plain("/ws", Some(&cookie)).await;
+    assert_eq!(ws.backend(), "b1");
+    let b1 = proxy.backend_state("b1");
+    let drain = async || {
+        let mut admin = proxy.admin().await;
+        let req = admin
+            .request("POST", "/pools/media/backends/b1/drain")
+            .body(empty())
+            .expect("request");
+        admin.fetch(req).await.status
+    };
+    assert_eq!(drain().await, StatusCode::OK);
+    let generation = b1.admin_generation();
+    assert_eq!(drain().await, StatusCode::OK);
+    assert_eq!(
+        b1.admin_generation(),
+        generation,
+        "the second call restarted the drain"
+    );
+    echo(ws.ws(), "pinned users keep working while it drains").await;
+
+    closed(ws.ws()).await;
+    let r = proxy.h1().await.get_with_cookie("/", Some(&cookie)).await;
+    assert_eq!(
+        r.backend(),
+        "b2",
+        "the pin to a drain past its deadline still held"
+    );
+    assert!(r.cookie().is_some_and(|c| c != cookie), "no new cookie");
+    let again = proxy.ws_plain("/ws", Some(&cookie)).await;
+    assert_eq!(
+        again.backend(),
+        "b2",
+        "a reconnecting user got a new tunnel on b1"
+    );
+    eventually("the drain reached zero", async || b1.drained()).await;
+    assert_eq!(proxy.status_of("b1").await["drained"], true);
+}
+
 #[tokio::test]
 async fn a_client_breaking_its_own_request_body_does_not_eject_the_backend() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
