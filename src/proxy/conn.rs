@@ -160,6 +160,13 @@ impl Drop for TimerLease<'_> {
 /// One request or tunnel in progress on a connection.
 pub(super) struct Active(Arc<ConnInfo>);
 
+impl Active {
+    /// The client's address.
+    pub(super) fn peer(&self) -> SocketAddr {
+        self.0.peer
+    }
+}
+
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);

@@ -354,6 +354,7 @@ impl Handler {
         // The room counted this participant when it was placed.
         let room = placed.in_room;
         let idle = placed.tunnel_idle_timeout;
+        let access_log = self.shared.snapshot().config.log.access;
         self.shared.tasks.spawn(async move {
             let (client, upstream) = match tokio::join!(client, backend_io) {
                 (Ok(c), Ok(b)) => (c, b),
@@ -370,18 +371,29 @@ impl Handler {
                     _ => tunnel::close::SERVICE_RESTART,
                 }
             };
-            let ended = tunnel::pump(TokioIo::new(client), TokioIo::new(upstream), idle, cut).await;
-            let why = match ended {
+            let closed = tunnel::pump(TokioIo::new(client), TokioIo::new(upstream), idle, cut).await;
+            let why = match closed.end {
                 tunnel::End::Client => TunnelEnd::Client,
                 tunnel::End::Backend => TunnelEnd::Backend,
                 tunnel::End::Idle => TunnelEnd::Idle,
                 tunnel::End::Cut => stop.why(),
             };
             pool_metrics.tunnel_closed(why);
-            pool_metrics
-                .tunnel_duration
-                .observe(opened.elapsed().as_secs_f64());
-            tracing::debug!(backend = %backend.id, reason = why.as_str(), "tunnel closed");
+            let secs = opened.elapsed().as_secs_f64();
+            pool_metrics.tunnel_duration.observe(secs);
+            if access_log {
+                tracing::info!(
+                    target: "rtcgate::access",
+                    client = %active.peer(),
+                    backend = %backend.id,
+                    tunnel = "closed",
+                    reason = why.as_str(),
+                    close_code = closed.code.unwrap_or(0),
+                    secs,
+                );
+            } else {
+                tracing::debug!(backend = %backend.id, reason = why.as_str(), ?closed.code, "tunnel closed");
+            }
             drop((session, room, active));
         });
         let mut out = Response::new(Either::Right(Full::new(Bytes::new())));

@@ -139,6 +139,14 @@ pub enum End {
     Cut,
 }
 
+/// How a tunnel ended, and the close frame rtcgate sent its client, if it sent one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed {
+    pub end: End,
+    /// `close::*`: the code of the close frame rtcgate sent the client.
+    pub code: Option<u16>,
+}
+
 /// The close codes rtcgate sends when it ends a tunnel itself (RFC 6455 §7.4, IANA registry).
 pub mod close {
     /// rtcgate is shutting down.
@@ -156,7 +164,7 @@ pub const CUT_WAIT: Duration = Duration::from_secs(2);
 /// Pumps bytes both ways between the client `a` and the backend `b` until both directions have
 /// ended, either side fails, nothing moves for `idle`, or `cut` resolves; then the client gets
 /// the close frame `cut` gave, between two of the backend's frames.
-pub async fn pump<A, B, C>(a: A, b: B, idle: Duration, cut: C) -> End
+pub async fn pump<A, B, C>(a: A, b: B, idle: Duration, cut: C) -> Closed
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -214,6 +222,8 @@ struct Half {
     unflushed: bool,
     /// Reads are stopped at the next frame boundary, and then this close frame goes out.
     close_at_boundary: Option<u16>,
+    /// The close frame rtcgate sent on this direction.
+    sent_close: Option<u16>,
 }
 
 /// Where the backend's byte stream stands among WebSocket frames: only headers and lengths are
@@ -300,10 +310,14 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
     C: Future<Output = u16>,
 {
-    type Output = End;
+    type Output = Closed;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Closed> {
         let this = self.project();
+        let sent = |half: &Half, end: End| Closed {
+            end,
+            code: half.sent_close,
+        };
         let mut moved = false;
         if !*this.cutting {
             if let Poll::Ready(code) = this.cut.poll(cx) {
@@ -320,8 +334,12 @@ where
             Poll::Pending
         } else {
             match this.a_to_b.poll(cx, this.a, this.b, None, &mut moved) {
-                Poll::Ready(Err(Fault::Reader)) => return Poll::Ready(End::Client),
-                Poll::Ready(Err(Fault::Writer)) => return Poll::Ready(End::Backend),
+                Poll::Ready(Err(Fault::Reader)) => {
+                    return Poll::Ready(sent(this.b_to_a, End::Client))
+                }
+                Poll::Ready(Err(Fault::Writer)) => {
+                    return Poll::Ready(sent(this.b_to_a, End::Backend))
+                }
                 Poll::Ready(Ok(())) => Poll::Ready(()),
                 Poll::Pending => Poll::Pending,
             }
@@ -330,22 +348,23 @@ where
             .b_to_a
             .poll(cx, this.b, this.a, Some(this.frames), &mut moved)
         {
-            Poll::Ready(Err(Fault::Writer)) => return Poll::Ready(End::Client),
+            Poll::Ready(Err(Fault::Writer)) => return Poll::Ready(sent(this.b_to_a, End::Client)),
             // A failed backend read is taken as its end (see `Half::poll`).
-            Poll::Ready(Err(Fault::Reader)) => return Poll::Ready(End::Backend),
+            Poll::Ready(Err(Fault::Reader)) => return Poll::Ready(sent(this.b_to_a, End::Backend)),
             Poll::Ready(Ok(())) => Poll::Ready(()),
             Poll::Pending => Poll::Pending,
         };
         if *this.cutting && ba.is_ready() {
-            return Poll::Ready(End::Cut);
+            return Poll::Ready(sent(this.b_to_a, End::Cut));
         }
         if ab.is_ready() && ba.is_ready() {
             // Whoever ended first closed it: after one side's end the other has FIN_WAIT.
-            return Poll::Ready(if *this.client_first {
+            let first = if *this.client_first {
                 End::Client
             } else {
                 End::Backend
-            });
+            };
+            return Poll::Ready(sent(this.b_to_a, first));
         }
         if (ab.is_ready() || ba.is_ready()) && *this.idle > FIN_WAIT {
             *this.client_first = ab.is_ready();
@@ -361,15 +380,15 @@ where
             let quiet = this.last.elapsed();
             if quiet >= *this.idle {
                 if *this.cutting {
-                    return Poll::Ready(End::Cut);
+                    return Poll::Ready(sent(this.b_to_a, End::Cut));
                 }
                 if ab.is_ready() {
-                    return Poll::Ready(End::Client);
+                    return Poll::Ready(sent(this.b_to_a, End::Client));
                 }
                 if ba.is_ready() {
-                    return Poll::Ready(End::Backend);
+                    return Poll::Ready(sent(this.b_to_a, End::Backend));
                 }
-                return Poll::Ready(End::Idle);
+                return Poll::Ready(sent(this.b_to_a, End::Idle));
             }
             let deadline = Instant::now() + (*this.idle - quiet);
             this.timer.as_mut().reset(deadline);
@@ -427,6 +446,7 @@ impl Half {
                 };
                 if let Some(code) = due {
                     self.pending = Some((close_frame(code), 0));
+                    self.sent_close = Some(code);
                     self.eof = true;
                     f.saw_close = true;
                     self.close_at_boundary = None;
@@ -593,7 +613,7 @@ mod tests {
             back, bye,
             "the backend's own close frame, and nothing added"
         );
-        assert_eq!(pumping.await.expect("join"), End::Client);
+        assert_eq!(pumping.await.expect("join").end, End::Client);
     }
 
     /// A backend that ends between frames without a close frame: its client gets 1014.
@@ -616,7 +636,9 @@ mod tests {
         want.extend(closing(close::BAD_GATEWAY));
         assert_eq!(got, want);
         drop(client);
-        assert_eq!(pumping.await.expect("join"), End::Backend);
+        let closed = pumping.await.expect("join");
+        assert_eq!(closed.end, End::Backend);
+        assert_eq!(closed.code, Some(close::BAD_GATEWAY));
     }
 
     /// rtcgate cuts an idle tunnel: the close frame goes out at once, then the connection
@@ -635,7 +657,7 @@ mod tests {
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.expect("read");
         assert_eq!(got, closing(close::SERVICE_RESTART));
-        assert_eq!(pumping.await.expect("join"), End::Cut);
+        assert_eq!(pumping.await.expect("join").end, End::Cut);
     }
 
     /// A cut while a large frame is on its way: the frame arrives whole, then the close frame;
@@ -675,7 +697,7 @@ mod tests {
             got == want,
             "the frame, then the close frame, and nothing else"
         );
-        assert_eq!(pumping.await.expect("join"), End::Cut);
+        assert_eq!(pumping.await.expect("join").end, End::Cut);
     }
 
     /// A backend that hangs inside a frame does not hold the cut: after CUT_WAIT the
@@ -700,7 +722,7 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.expect("read");
         assert!(rest.is_empty(), "no close frame inside the frame: {rest:?}");
-        assert_eq!(pumping.await.expect("join"), End::Cut);
+        assert_eq!(pumping.await.expect("join").end, End::Cut);
     }
 
     #[tokio::test(start_paused = true)]
@@ -708,6 +730,12 @@ mod tests {
         let (_client, a) = tokio::io::duplex(64);
         let (b, _backend) = tokio::io::duplex(64);
         let end = pump(a, b, Duration::from_secs(5), std::future::pending()).await;
-        assert_eq!(end, End::Idle);
+        assert_eq!(
+            end,
+            Closed {
+                end: End::Idle,
+                code: None
+            }
+        );
     }
 }

@@ -212,3 +212,77 @@ fn an_address_in_use_is_refused_with_its_key_and_reason() {
         "{stderr}"
     );
 }
+
+/// A child process killed and reaped when dropped, however the test ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The access log names why a tunnel closed and the close code rtcgate sent: here 1012, when
+/// its backend goes into maintenance.
+#[tokio::test]
+async fn the_access_log_names_why_a_tunnel_closed_and_its_close_code() {
+    let backend = spawn_backend("b1").await;
+    let certs = make_certs();
+    let toml = config_toml(&[("b1", backend.addr)], "", "")
+        .replace(
+            "http = \"127.0.0.1:0\"",
+            "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
+        )
+        .replace("[limits]", "[log]\naccess = true\n\n[limits]");
+    let (child, rx) = start(&toml, certs.dir.path());
+    let _child = KillOnDrop(child);
+    let (mut http, mut admin) = (None, None);
+    let deadline = Instant::now() + STEP;
+    while http.is_none() || admin.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("rtcgate logged its listeners");
+        if line.contains("admin listening") {
+            admin = addr_in(&line, "addr=");
+        } else if line.contains("listening") && line.contains("tls=false") {
+            http = addr_in(&line, "addr=");
+        }
+    }
+    let (http, admin) = (http.expect("http"), admin.expect("admin"));
+    let tcp = within("connect", TcpStream::connect(http))
+        .await
+        .expect("connect");
+    let (mut ws, _) = within(
+        "ws handshake",
+        tokio_tungstenite::client_async(format!("ws://{http}/ws"), tcp),
+    )
+    .await
+    .expect("upgrade");
+    echo(&mut ws, "before").await;
+    let tcp = within("connect", TcpStream::connect(admin))
+        .await
+        .expect("connect");
+    let mut c = HttpClient::h1(tcp, admin.to_string(), "http").await;
+    let req = c
+        .request("POST", "/pools/media/backends/b1/maint")
+        .body(empty())
+        .expect("request");
+    assert_eq!(c.fetch(req).await.status, StatusCode::OK);
+    closed(&mut ws).await;
+    let deadline = Instant::now() + STEP;
+    let line = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("a tunnel line in the access log");
+        if line.contains("tunnel=\"closed\"") || line.contains("tunnel=closed") {
+            break line;
+        }
+    };
+    assert!(line.contains("rtcgate::access"), "{line}");
+    assert!(
+        line.contains("reason=\"maint\"") || line.contains("reason=maint"),
+        "{line}"
+    );
+    assert!(line.contains("close_code=1012"), "{line}");
+}
