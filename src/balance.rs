@@ -157,21 +157,31 @@ fn least_loaded_in<'a>(pool: &'a Pool, skip: Option<&str>, fail_open: bool) -> O
         return None;
     }
     let start = pool.rotor.fetch_add(1, Ordering::Relaxed) % n;
-    let mut best: Option<(&Member, u64)> = None;
+    // Slow start: a backend that came up lately counts with a share of its weight that grows
+    // over `slow_start` (in thousandths; the clock is read only when slow start is on).
+    let slow_start = pool.config.slow_start;
+    let weight = |m: &Member| {
+        let ramp = if slow_start.is_zero() {
+            1000
+        } else {
+            m.backend.ramp(slow_start)
+        };
+        u64::from(m.weight) * ramp
+    };
+    let mut best: Option<(&Member, u64, u64)> = None;
     for i in 0..n {
         let m = &members[(start + i) % n];
         if !eligible_in(m, fail_open) || skip.is_some_and(|s| *m.backend.id == *s) {
             continue;
         }
-        let load = u64::from(m.backend.load());
+        let (load, w) = (u64::from(m.backend.load()), weight(m));
         // load / weight < best_load / best_weight, in integers.
-        let better =
-            best.is_none_or(|(bm, bl)| load * u64::from(bm.weight) < bl * u64::from(m.weight));
+        let better = best.is_none_or(|(_, bl, bw)| load * bw < bl * w);
         if better {
-            best = Some((m, load));
+            best = Some((m, load, w));
         }
     }
-    best.map(|(m, _)| m)
+    best.map(|(m, _, _)| m)
 }
 
 /// Full when backends are serving but none can take a new pin; otherwise nothing is up.
@@ -253,6 +263,10 @@ mod tests {
     use std::time::Duration;
 
     fn pool(n: usize) -> Pool {
+        pool_with(n, 2, Duration::ZERO)
+    }
+
+    fn pool_with(n: usize, max_sessions: u32, slow_start: Duration) -> Pool {
         let members = (0..n)
             .map(|i| {
                 let b = Backend::new(
@@ -261,7 +275,7 @@ mod tests {
                     ([127, 0, 0, 1], 9000 + i as u16).into(),
                     &crate::metrics::Metrics::new(),
                 );
-                Member::new(b, 1, 2)
+                Member::new(b, 1, max_sessions)
             })
             .collect();
         let config = PoolConfig {
@@ -269,9 +283,10 @@ mod tests {
             hosts: vec![],
             room_param: Some("room".into()),
             room_balance_factor: 1.25,
-            max_sessions: 2,
+            max_sessions,
             drain_timeout: Duration::from_secs(1),
             on_down: crate::config::OnDown::Close,
+            slow_start,
             health: HealthConfig {
                 path: None,
                 interval: Duration::from_secs(1),
@@ -500,5 +515,42 @@ mod tests {
             !std::ptr::eq(home, moved),
             "an overloaded room backend should be skipped"
         );
+    }
+
+    /// Slow start: a backend that came up a tenth of `slow_start` ago takes about a tenth of
+    /// the new users an established one takes; once `slow_start` has passed, they even out.
+    #[test]
+    fn slow_start_ramps_a_backend_that_came_up() {
+        let slow = Duration::from_secs(100);
+        let p = pool_with(2, 10_000, slow);
+        let now = std::time::Instant::now();
+        p.members[0]
+            .backend
+            .came_up_at(now - Duration::from_secs(500));
+        p.members[1]
+            .backend
+            .came_up_at(now - Duration::from_secs(10));
+        let mut held = Vec::new();
+        for _ in 0..220 {
+            let m = least_loaded(&p, None).expect("placed");
+            held.push(m.backend.open_session());
+        }
+        let fresh = p.members[1].backend.sessions();
+        assert!(
+            (15..=25).contains(&fresh),
+            "the new backend took {fresh} of 220"
+        );
+        p.members[1]
+            .backend
+            .came_up_at(now - Duration::from_secs(500));
+        for _ in 0..200 {
+            let m = least_loaded(&p, None).expect("placed");
+            held.push(m.backend.open_session());
+        }
+        let (a, b) = (
+            p.members[0].backend.sessions(),
+            p.members[1].backend.sessions(),
+        );
+        assert!(a.abs_diff(b) <= 1, "after the ramp: {a} and {b}");
     }
 }

@@ -115,6 +115,8 @@ pub(super) struct RawPool {
     pub(super) health: RawHealth,
     #[serde(default = "default_on_down")]
     pub(super) on_down: OnDown,
+    #[serde(default = "zero_duration")]
+    pub(super) slow_start: String,
     #[serde(default)]
     pub(super) backends: Vec<RawBackend>,
 }

@@ -186,6 +186,8 @@ pub struct PoolConfig {
     pub drain_timeout: Duration,
     /// Tunnels of a backend that goes down or into maintenance.
     pub on_down: OnDown,
+    /// A backend that comes up takes a share of new users that grows over this (0: off).
+    pub slow_start: Duration,
     pub health: HealthConfig,
     pub backends: Vec<BackendConfig>,
 }

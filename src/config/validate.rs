@@ -385,6 +385,7 @@ impl Validator<'_> {
             max_sessions: p.max_sessions,
             drain_timeout: self.duration(&format!("{at}.drain_timeout"), &p.drain_timeout)?,
             on_down: p.on_down,
+            slow_start: self.duration(&format!("{at}.slow_start"), &p.slow_start)?,
             health,
             backends,
             name,

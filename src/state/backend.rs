@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
@@ -58,6 +58,26 @@ pub struct Backend {
     drain_over: AtomicBool,
     /// It drains because the configuration no longer lists it, not by an operator's call.
     draining_for_removal: AtomicBool,
+    /// When it last came up (added by a reload, recovered, enabled), in nanoseconds since
+    /// [`epoch`]: slow start ramps its share of new users from then. Backends of the first
+    /// configuration count as up for long (as HAProxy's slowstart does not apply at start).
+    up_since: AtomicU64,
+}
+
+/// The instant backends' times are counted from (the first use).
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    // An hour before the first use, so that an instant a little in the past (a test's "came
+    // up 10 s ago") still counts.
+    *EPOCH.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(Duration::from_secs(3600)).unwrap_or(now)
+    })
+}
+
+/// `at` as nanoseconds since [`epoch`] (0 for earlier instants).
+fn since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The signal that closes a backend's tunnels, and why it fired.
@@ -122,6 +142,7 @@ impl Backend {
             removed: AtomicBool::new(false),
             drain_over: AtomicBool::new(false),
             draining_for_removal: AtomicBool::new(false),
+            up_since: AtomicU64::new(0),
         })
     }
 
@@ -143,10 +164,29 @@ impl Backend {
 
     /// Sets the admin state; returns the new admin generation (see [`Backend::admin_generation`]).
     pub fn set_admin(&self, state: AdminState) -> u64 {
+        if state == AdminState::Enabled && self.admin() != AdminState::Enabled {
+            self.came_up_at(Instant::now());
+        }
         self.admin.store(state as u8, Ordering::Relaxed);
         self.drain_over.store(false, Ordering::Relaxed);
         self.draining_for_removal.store(false, Ordering::Relaxed);
         self.admin_generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Notes that it came up at `at` (slow start counts from there).
+    pub fn came_up_at(&self, at: Instant) {
+        self.up_since.store(since_epoch(at), Ordering::Relaxed);
+    }
+
+    /// Its share of its weight under slow start, in thousandths: from 1 when it just came up
+    /// to 1000 once `slow_start` has passed since.
+    pub fn ramp(&self, slow_start: Duration) -> u64 {
+        let up = self.up_since.load(Ordering::Relaxed);
+        let elapsed = since_epoch(Instant::now()).saturating_sub(up);
+        let full = u64::try_from(slow_start.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        (u128::from(elapsed) * 1000 / u128::from(full)).clamp(1, 1000) as u64
     }
 
     /// Ends a drain at its deadline: pins to it are no longer honoured (its users are placed
@@ -256,6 +296,7 @@ impl Backend {
             let n = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
             if !up && n >= rise {
                 self.set_up(true);
+                self.came_up_at(Instant::now());
                 return Some(true);
             }
         } else {

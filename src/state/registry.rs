@@ -59,6 +59,8 @@ struct Backends {
 /// Backends by (pool, id, address), outliving snapshots, and the metrics they report to.
 pub struct Registry {
     backends: Mutex<Backends>,
+    /// The first configuration was applied: backends added from now on slow-start.
+    started: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -78,6 +80,7 @@ impl Registry {
     pub fn new(metrics: Arc<Metrics>) -> Registry {
         Registry {
             backends: Mutex::new(Backends::default()),
+            started: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }
     }
@@ -103,7 +106,13 @@ impl Registry {
                         back.backend.listed_again();
                         back.backend
                     }
-                    None => Backend::new(w.pool, w.id, w.addr, &self.metrics),
+                    None => {
+                        let b = Backend::new(w.pool, w.id, w.addr, &self.metrics);
+                        if self.started.load(std::sync::atomic::Ordering::Relaxed) {
+                            b.came_up_at(Instant::now());
+                        }
+                        b
+                    }
                 },
             };
             kept.push(backend.clone());
@@ -116,6 +125,8 @@ impl Registry {
             };
             live.insert(key, k);
         }
+        self.started
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let now = Instant::now();
         for (key, gone) in std::mem::replace(&mut all.live, live) {
             let b = &gone.backend;
@@ -280,6 +291,22 @@ mod tests {
             AdminState::Draining,
             "the operator's drain stays"
         );
+    }
+
+    /// Slow start applies to backends a reload adds, not to those of the first configuration
+    /// (HAProxy's slowstart does not apply at start either).
+    #[test]
+    fn backends_added_by_a_reload_slow_start_and_the_first_ones_do_not() {
+        let slow = Duration::from_secs(60);
+        let registry = Registry::default();
+        let (first, _) = registry.update(&[wanted("media", "a", "127.0.0.1:1")]);
+        assert_eq!(first[0].ramp(slow), 1000, "a backend of the first configuration");
+        let (next, _) = registry.update(&[
+            wanted("media", "a", "127.0.0.1:1"),
+            wanted("media", "b", "127.0.0.1:2"),
+        ]);
+        assert_eq!(next[0].ramp(slow), 1000, "a backend that stayed");
+        assert!(next[1].ramp(slow) < 10, "an added backend starts slow");
     }
 
     /// A backend in maintenance when it is removed stays out of traffic instead of draining.

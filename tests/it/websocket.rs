@@ -566,3 +566,31 @@ async fn a_reconnect_wave_spreads_evenly_over_the_rest() {
         );
     }
 }
+
+/// Slow start: a backend enabled again takes only a small share of new users at first, as
+/// HAProxy's `slowstart` has it, so that a recovered server is not flooded by a reconnect wave.
+#[tokio::test]
+async fn slow_start_keeps_a_backend_enabled_again_from_taking_the_whole_wave() {
+    let backends = spawn_backends(2).await;
+    let toml = config_for(&backends, "")
+        .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nslow_start = \"30s\"");
+    let proxy = spawn_proxy(&toml).await;
+    use rtcgate::state::backend::AdminState;
+    for state in [AdminState::Maint, AdminState::Enabled] {
+        proxy
+            .runtime
+            .set_admin_state("media", "b1", state)
+            .expect("admin state");
+    }
+    let wave = join_all((0..40).map(|_| proxy.ws_plain("/ws", None))).await;
+    let on_b1 = wave.iter().filter(|w| w.backend() == "b1").count();
+    assert!(
+        on_b1 <= 4,
+        "b1, back for less than a second of 30, took {on_b1} of 40"
+    );
+    assert!(
+        wave.iter()
+            .all(|w| w.status == StatusCode::SWITCHING_PROTOCOLS),
+        "a user was refused"
+    );
+}
