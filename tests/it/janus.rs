@@ -176,3 +176,44 @@ async fn media_goes_straight_to_janus_while_signalling_goes_through_rtcgate() {
         assert_ne!(media.remote, not_media);
     }
 }
+
+/// A hung media server (frozen: it accepts connections, answers nothing) has its users'
+/// tunnels closed with 1012 once its health checks mark it down, within fall x interval +
+/// timeout (2 x 200 ms + 150 ms here) and a margin, not at the tunnel idle timeout; the users
+/// reconnect to the other gateway.
+#[tokio::test]
+async fn a_hung_janus_has_its_tunnels_closed_and_its_users_move() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let Some(pool) = Janus::pool(2).await else {
+        return;
+    };
+    let proxy = spawn_proxy(&janus_config(&pool)).await;
+    let mut r = proxy.ws_tls_with("/", &[JANUS_PROTOCOL]).await;
+    let cookie = r.set_cookie_pair().expect("pinned");
+    let mut c = JanusClient::new(r.ws.take().expect("upgraded"));
+    let home = c.server_name().await;
+    let janus = pool.iter().find(|j| j.name == home).expect("its gateway");
+    janus.hang();
+    let hung = std::time::Instant::now();
+    let code = loop {
+        match within("a close frame", c.ws.next()).await {
+            Some(Ok(Message::Close(frame))) => break frame.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("the tunnel ended without a close frame: {other:?}"),
+        }
+    };
+    let took = hung.elapsed();
+    janus.resume();
+    assert_eq!(code, Some(1012));
+    eprintln!("a hung gateway's tunnel closed {took:?} after it froze");
+    assert!(
+        took < std::time::Duration::from_secs(3),
+        "closed {took:?} after the gateway hung"
+    );
+    let mut again = proxy
+        .ws_tls_with("/", &[JANUS_PROTOCOL, ("cookie", &cookie)])
+        .await;
+    let mut c = JanusClient::new(again.ws.take().expect("upgraded"));
+    assert_ne!(c.server_name().await, home, "sent back to the hung gateway");
+}

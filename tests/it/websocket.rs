@@ -529,14 +529,14 @@ async fn a_room_of_twenty_stays_together_through_its_backends_failure() {
     assert!(!homes.contains(&home), "back on the dead backend");
 }
 
-/// A reconnect wave lands evenly: a backend with 300 tunnels dies, its users reconnect at
+/// A reconnect wave lands evenly: a backend with 500 tunnels dies, its users reconnect at
 /// once, and the two others take them within 10 % of even, none refused.
 #[tokio::test]
 async fn a_reconnect_wave_spreads_evenly_over_the_rest() {
     let backends = spawn_backends(3).await;
     let proxy = spawn_proxy(&config_for(&backends, "")).await;
     let cookie = proxy.user_pinned_to("b1").await;
-    let users = 300;
+    let users = 500;
     let mut open = Vec::new();
     for chunk in 0..(users / 50) {
         let _ = chunk;

@@ -215,6 +215,24 @@ impl Janus {
         std::fs::read_to_string(self.dir.path().join("janus.log")).unwrap_or_default()
     }
 
+    /// Freezes it (SIGSTOP), as a hung server: the kernel still accepts connections for it,
+    /// and nothing answers. `resume` undoes it; dropping it kills it either way.
+    pub fn hang(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {}", self.name);
+    }
+
     /// Kills it at once (SIGKILL), as a crash would, and reaps it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
