@@ -50,6 +50,22 @@ fn start(toml: &str, dir: &std::path::Path) -> (Child, mpsc::Receiver<String>) {
     (child, rx)
 }
 
+/// The plain and admin listeners' addresses, as its log names them (the config asks for port 0).
+fn listeners(rx: &mpsc::Receiver<String>) -> (SocketAddr, SocketAddr) {
+    let (mut http, mut admin) = (None, None);
+    let deadline = Instant::now() + STEP;
+    while http.is_none() || admin.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("rtcgate logged its listeners");
+        if line.contains("admin listening") {
+            admin = addr_in(&line, "addr=");
+        } else if line.contains("listening") && line.contains("tls=false") {
+            http = addr_in(&line, "addr=");
+        }
+    }
+    (http.expect("http"), admin.expect("admin"))
+}
+
 #[tokio::test]
 async fn the_binary_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let backend = spawn_backend("b1").await;
@@ -62,18 +78,7 @@ async fn the_binary_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let pid = child.id();
 
     // Its log says where it listens (the config asks for port 0).
-    let (mut http, mut admin) = (None, None);
-    let deadline = Instant::now() + STEP;
-    while http.is_none() || admin.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("rtcgate logged its listeners");
-        if line.contains("admin listening") {
-            admin = addr_in(&line, "addr=");
-        } else if line.contains("listening") && line.contains("tls=false") {
-            http = addr_in(&line, "addr=");
-        }
-    }
-    let (http, admin) = (http.expect("http"), admin.expect("admin"));
+    let (http, admin) = listeners(&rx);
 
     let connect = |a: SocketAddr| async move {
         let tcp = within("connect", TcpStream::connect(a))
@@ -237,18 +242,7 @@ async fn the_access_log_names_why_a_tunnel_closed_and_its_close_code() {
         .replace("[limits]", "[log]\naccess = true\n\n[limits]");
     let (child, rx) = start(&toml, certs.dir.path());
     let _child = KillOnDrop(child);
-    let (mut http, mut admin) = (None, None);
-    let deadline = Instant::now() + STEP;
-    while http.is_none() || admin.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).expect("rtcgate logged its listeners");
-        if line.contains("admin listening") {
-            admin = addr_in(&line, "addr=");
-        } else if line.contains("listening") && line.contains("tls=false") {
-            http = addr_in(&line, "addr=");
-        }
-    }
-    let (http, admin) = (http.expect("http"), admin.expect("admin"));
+    let (http, admin) = listeners(&rx);
     let tcp = within("connect", TcpStream::connect(http))
         .await
         .expect("connect");

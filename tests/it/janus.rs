@@ -12,6 +12,28 @@ use http::StatusCode;
 /// Janus speaks its API only to clients that ask for its subprotocol.
 const JANUS_PROTOCOL: (&str, &str) = ("sec-websocket-protocol", "janus-protocol");
 
+type Wss = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A user of the Janus API through rtcgate over wss (HTTP/1.1 Upgrade) at `path`, sending
+/// `cookie` if it has one: its client, the cookie rtcgate set (if it set one), and the gateway
+/// it reached (`info`'s server-name).
+async fn janus_user(
+    proxy: &TestProxy,
+    path: &str,
+    cookie: Option<&str>,
+) -> (JanusClient<Wss>, Option<String>, String) {
+    let mut headers = vec![JANUS_PROTOCOL];
+    if let Some(c) = cookie {
+        headers.push(("cookie", c));
+    }
+    let mut r = proxy.ws_tls_with(path, &headers).await;
+    assert_eq!(r.status, StatusCode::SWITCHING_PROTOCOLS, "{:?}", r.body);
+    let set = r.set_cookie_pair();
+    let mut c = JanusClient::new(r.ws.take().expect("upgraded"));
+    let on = c.server_name().await;
+    (c, set, on)
+}
+
 #[tokio::test]
 async fn the_janus_api_works_through_rtcgate_over_h1_and_h2() {
     let Some(pool) = Janus::pool(2).await else {
@@ -55,47 +77,28 @@ async fn a_room_meets_on_one_janus_and_rooms_spread_over_all() {
     let proxy = spawn_proxy(&janus_config(&pool)).await;
 
     // Two participants of one room who arrive together.
-    let (mut a, mut b) = tokio::join!(
-        proxy.ws_tls_with("/?room=standup", &[JANUS_PROTOCOL]),
-        proxy.ws_tls_with("/?room=standup", &[JANUS_PROTOCOL]),
+    let ((_a, _, a), (_b, _, b)) = tokio::join!(
+        janus_user(&proxy, "/?room=standup", None),
+        janus_user(&proxy, "/?room=standup", None),
     );
-    let mut a = JanusClient::new(a.ws.take().expect("a upgraded"));
-    let mut b = JanusClient::new(b.ws.take().expect("b upgraded"));
-    assert_eq!(
-        a.server_name().await,
-        b.server_name().await,
-        "the room split"
-    );
+    assert_eq!(a, b, "the room split");
 
     // Twenty rooms of one participant each use both gateways.
     let mut homes = HashSet::new();
     let mut open = Vec::new();
     for i in 0..20 {
-        let mut r = proxy
-            .ws_tls_with(&format!("/?room=room-{i}"), &[JANUS_PROTOCOL])
-            .await;
-        let mut c = JanusClient::new(r.ws.take().expect("upgraded"));
-        homes.insert(c.server_name().await);
+        let (c, _, on) = janus_user(&proxy, &format!("/?room=room-{i}"), None).await;
+        homes.insert(on);
         open.push(c);
     }
     assert_eq!(homes.len(), pool.len(), "20 rooms all on {homes:?}");
 
     // A user who reconnects with its cookie returns to its gateway.
-    let mut first = proxy.ws_tls_with("/", &[JANUS_PROTOCOL]).await;
-    let cookie = first.set_cookie_pair().expect("a new user is pinned");
-    let home = JanusClient::new(first.ws.take().expect("upgraded"))
-        .server_name()
-        .await;
+    let (_, cookie, home) = janus_user(&proxy, "/", None).await;
+    let cookie = cookie.expect("a new user is pinned");
     for _ in 0..3 {
-        let mut again = proxy
-            .ws_tls_with("/", &[JANUS_PROTOCOL, ("cookie", &cookie)])
-            .await;
-        let mut c = JanusClient::new(again.ws.take().expect("upgraded"));
-        assert_eq!(
-            c.server_name().await,
-            home,
-            "the cookie brings the user back"
-        );
+        let (_, _, on) = janus_user(&proxy, "/", Some(&cookie)).await;
+        assert_eq!(on, home, "the cookie brings the user back");
     }
 }
 
@@ -108,10 +111,8 @@ async fn when_a_janus_dies_its_users_reconnect_elsewhere_and_are_repinned() {
         return;
     };
     let proxy = spawn_proxy(&janus_config(&pool)).await;
-    let mut r = proxy.ws_tls_with("/", &[JANUS_PROTOCOL]).await;
-    let cookie = r.set_cookie_pair().expect("pinned");
-    let mut c = JanusClient::new(r.ws.take().expect("upgraded"));
-    let home = c.server_name().await;
+    let (mut c, cookie, home) = janus_user(&proxy, "/", None).await;
+    let cookie = cookie.expect("pinned");
     c.session_with_echotest().await;
 
     let dead = pool
@@ -121,26 +122,14 @@ async fn when_a_janus_dies_its_users_reconnect_elsewhere_and_are_repinned() {
     dead.kill();
     closed(&mut c.ws).await;
 
-    let mut r = proxy
-        .ws_tls_with("/", &[JANUS_PROTOCOL, ("cookie", &cookie)])
-        .await;
-    assert_eq!(r.status, StatusCode::SWITCHING_PROTOCOLS, "{:?}", r.body);
-    let repinned = r.set_cookie_pair().expect("a new cookie");
+    let (mut c, repinned, now) = janus_user(&proxy, "/", Some(&cookie)).await;
+    let repinned = repinned.expect("a new cookie");
     assert_ne!(repinned, cookie);
-    let mut c = JanusClient::new(r.ws.take().expect("upgraded"));
-    let now = c.server_name().await;
     assert_ne!(now, home, "sent back to the dead gateway");
     c.session_with_echotest().await;
 
-    let mut again = proxy
-        .ws_tls_with("/", &[JANUS_PROTOCOL, ("cookie", &repinned)])
-        .await;
-    let mut c = JanusClient::new(again.ws.take().expect("upgraded"));
-    assert_eq!(
-        c.server_name().await,
-        now,
-        "the new cookie keeps the user there"
-    );
+    let (_, _, again) = janus_user(&proxy, "/", Some(&repinned)).await;
+    assert_eq!(again, now, "the new cookie keeps the user there");
 }
 
 /// Real media: aiortc negotiates with Janus's echotest through rtcgate's tunnel (HTTP/1.1
@@ -189,10 +178,8 @@ async fn a_hung_janus_has_its_tunnels_closed_and_its_users_move() {
         return;
     };
     let proxy = spawn_proxy(&janus_config(&pool)).await;
-    let mut r = proxy.ws_tls_with("/", &[JANUS_PROTOCOL]).await;
-    let cookie = r.set_cookie_pair().expect("pinned");
-    let mut c = JanusClient::new(r.ws.take().expect("upgraded"));
-    let home = c.server_name().await;
+    let (mut c, cookie, home) = janus_user(&proxy, "/", None).await;
+    let cookie = cookie.expect("pinned");
     let janus = pool.iter().find(|j| j.name == home).expect("its gateway");
     janus.hang();
     let hung = std::time::Instant::now();
@@ -211,9 +198,6 @@ async fn a_hung_janus_has_its_tunnels_closed_and_its_users_move() {
         took < std::time::Duration::from_secs(3),
         "closed {took:?} after the gateway hung"
     );
-    let mut again = proxy
-        .ws_tls_with("/", &[JANUS_PROTOCOL, ("cookie", &cookie)])
-        .await;
-    let mut c = JanusClient::new(again.ws.take().expect("upgraded"));
-    assert_ne!(c.server_name().await, home, "sent back to the hung gateway");
+    let (_, _, now) = janus_user(&proxy, "/", Some(&cookie)).await;
+    assert_ne!(now, home, "sent back to the hung gateway");
 }
