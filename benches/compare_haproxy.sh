@@ -83,12 +83,7 @@ need_commands wrk:wrk haproxy:haproxy nginx:nginx-light curl:curl python3:python
 # ports/configs and are left alone. Everything below runs private instances.
 
 # ---------------------------------------------------------------- 2. build
-BIN="${RTCGATE_BIN:-$REPO/target/release/rtcgate}"
-if [[ -z "${RTCGATE_BIN:-}" ]]; then
-    log "cargo build --release"
-    cargo build --release
-fi
-[[ -x "$BIN" ]] || { echo "no binary at $BIN" >&2; exit 1; }
+rtcgate_binary
 
 # ---------------------------------------------------------------- temp dir + cleanup
 bench_tmp rtcgate-bench

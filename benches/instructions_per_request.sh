@@ -30,12 +30,7 @@ log() { printf '[ipr] %s\n' "$*" >&2; }
 source "$REPO/benches/lib.sh"
 
 need_commands valgrind:valgrind wrk:wrk curl:curl python3:python3
-BIN="${RTCGATE_BIN:-$REPO/target/release/rtcgate}"
-if [[ -z "${RTCGATE_BIN:-}" ]]; then
-    log "cargo build --release"
-    cargo build --release
-fi
-[[ -x "$BIN" ]] || { echo "no binary at $BIN" >&2; exit 1; }
+rtcgate_binary
 
 bench_tmp rtcgate-ipr
 read -r BACKEND PROXY < <(free_ports 2)

@@ -52,3 +52,14 @@ need_commands() {
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
     fi
 }
+
+# rtcgate_binary: sets BIN to the rtcgate to measure: $RTCGATE_BIN as given (an older build, for
+# a before/after in one session), else the release build, built first.
+rtcgate_binary() {
+    BIN="${RTCGATE_BIN:-$REPO/target/release/rtcgate}"
+    if [[ -z "${RTCGATE_BIN:-}" ]]; then
+        printf '[bench] cargo build --release\n' >&2
+        cargo build --release
+    fi
+    [[ -x "$BIN" ]] || { echo "no binary at $BIN" >&2; exit 1; }
+}

@@ -68,12 +68,7 @@ if [[ "$fd_limit" != unlimited ]] && ((fd_limit < 2 * N + 500)); then
 fi
 
 # ---------------------------------------------------------------- 3. build
-BIN="${RTCGATE_BIN:-$REPO/target/release/rtcgate}"
-if [[ -z "${RTCGATE_BIN:-}" ]]; then
-    log "cargo build --release"
-    cargo build --release
-fi
-[[ -x "$BIN" ]] || { echo "no binary at $BIN" >&2; exit 1; }
+rtcgate_binary
 TOOL="${WS_TUNNELS_BIN:-}"
 if [[ -z "$TOOL" ]]; then
     log "cargo bench --no-run --bench ws_tunnels"
