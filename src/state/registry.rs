@@ -300,7 +300,11 @@ mod tests {
         let slow = Duration::from_secs(60);
         let registry = Registry::default();
         let (first, _) = registry.update(&[wanted("media", "a", "127.0.0.1:1")]);
-        assert_eq!(first[0].ramp(slow), 1000, "a backend of the first configuration");
+        assert_eq!(
+            first[0].ramp(slow),
+            1000,
+            "a backend of the first configuration"
+        );
         let (next, _) = registry.update(&[
             wanted("media", "a", "127.0.0.1:1"),
             wanted("media", "b", "127.0.0.1:2"),
