@@ -114,6 +114,53 @@ pub fn place<'a>(
     }
 }
 
+/// Places a request that names a backend (a machine pin), which wins over its cookie and its
+/// room. A user pinned there already is admitted as by its cookie; anyone else when the
+/// backend can take a new pin. A machine that is serving but full (or draining) refuses with
+/// `Full`; one that is down or in maintenance follows `when_down`: `Down`, or the least loaded
+/// backend with a new cookie.
+pub fn place_on<'a>(
+    pool: &'a Pool,
+    machine: &'a Member,
+    pin: CookiePin<'_>,
+    when_down: WhenDown,
+) -> Result<Placement<'a>, Rejection> {
+    let (pinned_here, refresh) = match pin {
+        CookiePin::Valid { backend, refresh } => (backend == &*machine.backend.id, refresh),
+        _ => (false, false),
+    };
+    let afresh = match pin {
+        CookiePin::None => Outcome::New,
+        CookiePin::Valid { backend, .. } if pool.member(backend).is_some() => Outcome::Repinned,
+        _ => Outcome::Invalid,
+    };
+    if pinned_here && serving(machine) {
+        return Ok(Placement {
+            member: machine,
+            outcome: Outcome::Hit,
+            set_cookie: refresh,
+        });
+    }
+    if eligible(machine) {
+        return Ok(Placement {
+            member: machine,
+            outcome: afresh,
+            set_cookie: true,
+        });
+    }
+    if serving(machine) {
+        return Err(Rejection::Full);
+    }
+    match when_down {
+        WhenDown::Reject => Err(Rejection::Down),
+        WhenDown::Repin => Ok(Placement {
+            member: least_loaded(pool, Some(&machine.backend.id))?,
+            outcome: Outcome::Repinned,
+            set_cookie: true,
+        }),
+    }
+}
+
 /// Places a user afresh after `failed` refused the connection, never on `failed`: where its
 /// room lives now, when another participant already moved it to a backend that can take the
 /// user (so a room's participants reconnecting together after its backend died stay whole);
@@ -282,6 +329,7 @@ mod tests {
             name: "media".into(),
             hosts: vec![],
             room_param: Some("room".into()),
+            machine_param: Some("machine".into()),
             room_balance_factor: 1.25,
             max_sessions,
             drain_timeout: Duration::from_secs(1),

@@ -105,6 +105,8 @@ pub(super) struct RawPool {
     pub(super) hosts: Vec<String>,
     #[serde(default)]
     pub(super) room_param: String,
+    #[serde(default = "default_machine_param")]
+    pub(super) machine_param: String,
     #[serde(default = "default_room_balance_factor")]
     pub(super) room_balance_factor: f64,
     #[serde(default = "default_max_sessions")]
@@ -163,6 +165,9 @@ pub(super) struct RawBackend {
     pub(super) health_port: u16,
 }
 
+pub(super) fn default_machine_param() -> String {
+    "machine".into()
+}
 pub(super) fn default_on_down() -> OnDown {
     OnDown::Close
 }

@@ -181,6 +181,8 @@ pub struct PoolConfig {
     pub hosts: Vec<HostPattern>,
     /// Query parameter naming a room; `None` when rooms are off for this pool.
     pub room_param: Option<String>,
+    /// Query parameter naming a backend id (a machine pin); `None` when off.
+    pub machine_param: Option<String>,
     pub room_balance_factor: f64,
     pub max_sessions: u32,
     pub drain_timeout: Duration,

@@ -335,6 +335,7 @@ impl Validator<'_> {
             return Err(self.err(format!("{at}.max_sessions"), "must be at least 1"));
         }
         let room_param = Some(p.room_param.trim().to_string()).filter(|r| !r.is_empty());
+        let machine_param = Some(p.machine_param.trim().to_string()).filter(|m| !m.is_empty());
         let health = self.health(&at, p.health)?;
         let mut backends = Vec::with_capacity(p.backends.len());
         let mut ids = HashSet::new();
@@ -381,6 +382,7 @@ impl Validator<'_> {
         Ok(PoolConfig {
             hosts,
             room_param,
+            machine_param,
             room_balance_factor: p.room_balance_factor,
             max_sessions: p.max_sessions,
             drain_timeout: self.duration(&format!("{at}.drain_timeout"), &p.drain_timeout)?,

@@ -47,6 +47,9 @@ pub enum ProxyError {
     /// No pool serves the requested host → 404.
     #[error("no pool serves host {0:?}")]
     NoRoute(String),
+    /// The request names a machine its pool does not have → 404.
+    #[error("no backend {0:?} in the pool")]
+    NoMachine(String),
     /// The pool has no backend for a new user → 503 with Retry-After.
     #[error("no backend available ({})", .0.as_str())]
     Rejected(Rejection),
@@ -62,7 +65,7 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ProxyError::NoRoute(_) => StatusCode::NOT_FOUND,
+            ProxyError::NoRoute(_) | ProxyError::NoMachine(_) => StatusCode::NOT_FOUND,
             ProxyError::Rejected(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Backend { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -74,6 +77,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(m) => m,
             ProxyError::NoRoute(_) => "no service is configured for this host",
+            ProxyError::NoMachine(_) => "no such machine in this service",
             ProxyError::Rejected(Rejection::Full) => "every server is full; retry later",
             ProxyError::Rejected(Rejection::NoBackend) => "no server is available; retry later",
             ProxyError::Rejected(Rejection::Down) => "your server is down; retry later",

@@ -27,7 +27,7 @@ use crate::proxy::body::{ResponseBody, Tracked};
 use crate::proxy::conn::ConnInfo;
 use crate::proxy::error::{classify, ProxyError};
 use crate::proxy::headers::{
-    request_host, room_of, strip_hop_by_hop, strip_port, upstream_request,
+    machine_of, request_host, room_of, strip_hop_by_hop, strip_port, upstream_request,
 };
 use crate::proxy::tunnel;
 use crate::proxy::upstream::{Upstream, UpstreamLimits};
@@ -136,9 +136,27 @@ impl Handler {
         let has_ours = pin != CookiePin::None;
         let room = room_of(req, pool.config.room_param.as_deref());
         let websocket = tunnel::websocket_kind(req);
+        // A machine pin names the backend itself, and wins over the cookie and the room.
+        let machine = match machine_of(req, pool.config.machine_param.as_deref()) {
+            Some(id) => match pool.member(&id) {
+                Some(m) => Some(m),
+                None => {
+                    pool.metrics.answered_without_backend(404);
+                    return Err(ProxyError::NoMachine(id.into_owned()));
+                }
+            },
+            None => None,
+        };
+        let when_down = snap.sticky.when_down;
         let decide = |live_on: Option<&str>| {
-            let room = room.as_deref().map(|name| balance::Room { name, live_on });
-            balance::place(pool, pin, room, snap.sticky.when_down).map(|p| {
+            let placed = match machine {
+                Some(m) => balance::place_on(pool, m, pin, when_down),
+                None => {
+                    let room = room.as_deref().map(|name| balance::Room { name, live_on });
+                    balance::place(pool, pin, room, when_down)
+                }
+            };
+            placed.map(|p| {
                 let backend = &*p.member.backend;
                 (p, backend)
             })

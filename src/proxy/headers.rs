@@ -21,16 +21,29 @@ use crate::proxy::tunnel;
 use crate::proxy::upstream::UpstreamBody;
 
 /// The room a request names: the pool's room query parameter, else the `X-Rtcgate-Room` header.
+/// Only where the pool names a room parameter: with rooms off, the header must not let a
+/// client choose its backend.
 pub(super) fn room_of<'r, B>(req: &'r Request<B>, param: Option<&str>) -> Option<Cow<'r, str>> {
-    let from_query = param.and_then(|param| {
-        form_urlencoded::parse(req.uri().query()?.as_bytes())
+    named(req, param?, &X_RTCGATE_ROOM)
+}
+
+/// The backend id a request names: the pool's machine query parameter, else the
+/// `X-Rtcgate-Machine` header; only where the pool names a machine parameter.
+pub(super) fn machine_of<'r, B>(req: &'r Request<B>, param: Option<&str>) -> Option<Cow<'r, str>> {
+    named(req, param?, &X_RTCGATE_MACHINE)
+}
+
+/// The value of query parameter `param`, else of header `header`; never empty.
+fn named<'r, B>(req: &'r Request<B>, param: &str, header: &HeaderName) -> Option<Cow<'r, str>> {
+    let from_query = req.uri().query().and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == param)
             .map(|(_, v)| v)
     });
     from_query
         .or_else(|| {
             req.headers()
-                .get(&X_RTCGATE_ROOM)
+                .get(header)
                 .and_then(|v| v.to_str().ok())
                 .map(|v| Cow::Borrowed(v.trim()))
         })
@@ -230,6 +243,7 @@ fn join_values<'a>(values: impl Iterator<Item = &'a HeaderValue>, separator: &[u
 }
 
 static X_RTCGATE_ROOM: HeaderName = HeaderName::from_static("x-rtcgate-room");
+static X_RTCGATE_MACHINE: HeaderName = HeaderName::from_static("x-rtcgate-machine");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

@@ -13,6 +13,7 @@ mod front_door;
 mod health;
 mod janus;
 mod layers;
+mod machine;
 mod reload;
 mod sticky;
 mod turn;
