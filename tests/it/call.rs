@@ -8,8 +8,7 @@ use crate::support::*;
 async fn two_browsers_in_one_room_call_each_other_through_rtcgate() {
     let _solo = solo().await;
     let backends = spawn_backends(3).await;
-    let toml = config_for(&backends, "")
-        .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nroom_param = \"room\"");
+    let toml = config_with_pool(&backends, "", "room_param = \"room\"");
     let proxy = spawn_proxy(&toml).await;
     let room = "standup";
     let url = format!(

@@ -168,10 +168,7 @@ async fn when_every_backend_fails_its_checks_traffic_fails_open() {
 #[tokio::test]
 async fn a_draining_backends_tunnels_close_at_drain_timeout() {
     let backends = spawn_backends(2).await;
-    let toml = config_for(&backends, "").replace(
-        "hosts = [\"*\"]",
-        "hosts = [\"*\"]\ndrain_timeout = \"300ms\"",
-    );
+    let toml = config_with_pool(&backends, "", "drain_timeout = \"300ms\"");
     let proxy = spawn_proxy(&toml).await;
     let mut ws = proxy.ws_plain("/ws", None).await;
     echo(ws.ws(), "before the drain").await;
@@ -205,10 +202,7 @@ async fn a_draining_backends_tunnels_close_at_drain_timeout() {
 #[tokio::test]
 async fn a_drain_deadline_moves_its_pins_and_a_second_drain_call_keeps_it() {
     let backends = spawn_backends(2).await;
-    let toml = config_for(&backends, "").replace(
-        "hosts = [\"*\"]",
-        "hosts = [\"*\"]\ndrain_timeout = \"500ms\"",
-    );
+    let toml = config_with_pool(&backends, "", "drain_timeout = \"500ms\"");
     let proxy = spawn_proxy(&toml).await;
     let cookie = proxy.user_pinned_to("b1").await;
     let mut ws = proxy.ws_plain("/ws", Some(&cookie)).await;

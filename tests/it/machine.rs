@@ -7,14 +7,10 @@ use std::collections::HashSet;
 use crate::support::*;
 use http::StatusCode;
 
-fn pool_with(backends: &[std::sync::Arc<rtcgate::demo::DemoBackend>], keys: &str) -> String {
-    config_for(backends, "").replace("hosts = [\"*\"]", &format!("hosts = [\"*\"]\n{keys}"))
-}
-
 #[tokio::test]
 async fn a_machine_pin_lands_on_its_backend_over_cookie_and_room() {
     let backends = spawn_backends(3).await;
-    let proxy = spawn_proxy(&pool_with(&backends, "room_param = \"room\"")).await;
+    let proxy = spawn_proxy(&config_with_pool(&backends, "", "room_param = \"room\"")).await;
     let mut c = proxy.h1().await;
     let r = c.get("/?machine=b2").await;
     assert_eq!(r.backend(), "b2");
@@ -57,7 +53,7 @@ async fn a_machine_pin_lands_on_its_backend_over_cookie_and_room() {
 #[tokio::test]
 async fn a_full_or_down_machine_follows_the_pools_rules() {
     let backends = spawn_backends(3).await;
-    let proxy = spawn_proxy(&pool_with(&backends, "max_sessions = 1")).await;
+    let proxy = spawn_proxy(&config_with_pool(&backends, "", "max_sessions = 1")).await;
     let mut held = proxy.ws_plain("/ws?machine=b1", None).await;
     assert_eq!(held.backend(), "b1");
     echo(held.ws(), "b1 is full now").await;
@@ -95,7 +91,8 @@ async fn a_full_or_down_machine_follows_the_pools_rules() {
     assert!(r.cookie().is_some(), "with a cookie for where it went");
 
     let strict = spawn_proxy(
-        &pool_with(&backends, "").replace("[sticky]\n", "[sticky]\nwhen_down = \"reject\"\n"),
+        &config_with_pool(&backends, "", "")
+            .replace("[sticky]\n", "[sticky]\nwhen_down = \"reject\"\n"),
     )
     .await;
     strict
@@ -115,7 +112,7 @@ async fn a_full_or_down_machine_follows_the_pools_rules() {
 #[tokio::test]
 async fn room_and_machine_headers_count_only_where_they_are_on() {
     let backends = spawn_backends(3).await;
-    let proxy = spawn_proxy(&pool_with(&backends, "machine_param = \"\"")).await;
+    let proxy = spawn_proxy(&config_with_pool(&backends, "", "machine_param = \"\"")).await;
     let mut used = HashSet::new();
     for _ in 0..12 {
         let mut c = proxy.h1().await;

@@ -85,9 +85,7 @@ async fn a_removed_backend_drains_its_pinned_users_and_tunnels_keep_working() {
 #[tokio::test]
 async fn a_removed_backends_tunnels_close_at_its_drain_timeout() {
     let backends = spawn_backends(2).await;
-    let with_timeout = |b: &[Arc<DemoBackend>]| {
-        config_for(b, "").replace("hosts = [\"*\"]", "hosts = [\"*\"]\ndrain_timeout = \"1s\"")
-    };
+    let with_timeout = |b: &[Arc<DemoBackend>]| config_with_pool(b, "", "drain_timeout = \"1s\"");
     let proxy = spawn_proxy(&with_timeout(&backends)).await;
     let mut on_b2 = None;
     for _ in 0..4 {

@@ -252,10 +252,7 @@ async fn a_pinned_backend_in_maintenance_is_left_and_a_draining_one_kept() {
 #[tokio::test]
 async fn full_backends_turn_new_users_away_but_admit_pinned_ones() {
     let backends = spawn_backends(2).await;
-    let proxy = spawn_proxy(
-        &config_for(&backends, "").replace("hosts = [\"*\"]", "hosts = [\"*\"]\nmax_sessions = 1"),
-    )
-    .await;
+    let proxy = spawn_proxy(&config_with_pool(&backends, "", "max_sessions = 1")).await;
     let mut c = proxy.h1().await;
     let first = c.get("/").await;
     let pair = first.cookie().expect("cookie");
@@ -291,8 +288,7 @@ async fn three_hundred_new_users_spread_evenly() {
 #[tokio::test]
 async fn a_room_stays_together_and_rooms_spread() {
     let backends = spawn_backends(3).await;
-    let toml = config_for(&backends, "")
-        .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nroom_param = \"room\"");
+    let toml = config_with_pool(&backends, "", "room_param = \"room\"");
     let proxy = spawn_proxy(&toml).await;
     let mut c = proxy.h1().await;
     let mut homes = std::collections::HashSet::new();
@@ -337,8 +333,7 @@ async fn a_room_stays_together_and_rooms_spread() {
 #[tokio::test]
 async fn two_instances_with_the_same_keys_behave_as_one() {
     let backends = spawn_backends(3).await;
-    let toml = config_for(&backends, "")
-        .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nroom_param = \"room\"");
+    let toml = config_with_pool(&backends, "", "room_param = \"room\"");
     let a = spawn_proxy(&toml).await;
     let b = spawn_proxy(&toml).await;
     let (mut ca, mut cb) = (a.h1().await, b.h1().await);

@@ -179,8 +179,7 @@ async fn a_reconnecting_user_returns_to_the_same_backend() {
 #[tokio::test]
 async fn a_rooms_tunnels_share_one_backend() {
     let backends = spawn_backends(3).await;
-    let toml = config_for(&backends, "")
-        .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nroom_param = \"room\"");
+    let toml = config_with_pool(&backends, "", "room_param = \"room\"");
     let proxy = spawn_proxy(&toml).await;
     let mut tunnels = Vec::new();
     for _ in 0..30 {
@@ -203,8 +202,7 @@ async fn a_rooms_tunnels_share_one_backend() {
 #[tokio::test]
 async fn max_sessions_caps_new_pins_but_admits_pinned_users() {
     let backends = spawn_backends(2).await;
-    let toml =
-        config_for(&backends, "").replace("hosts = [\"*\"]", "hosts = [\"*\"]\nmax_sessions = 1");
+    let toml = config_with_pool(&backends, "", "max_sessions = 1");
     let proxy = spawn_proxy(&toml).await;
     let a = proxy.ws_plain("/ws", None).await;
     let b = proxy.ws_plain("/ws", None).await;
@@ -322,8 +320,7 @@ async fn an_http2_tunnel_outlives_the_connection_idle_timeout() {
 #[tokio::test]
 async fn concurrent_upgrades_cannot_overshoot_max_sessions() {
     let backends = spawn_backends(1).await;
-    let toml =
-        config_for(&backends, "").replace("hosts = [\"*\"]", "hosts = [\"*\"]\nmax_sessions = 3");
+    let toml = config_with_pool(&backends, "", "max_sessions = 3");
     let proxy = Arc::new(spawn_proxy(&toml).await);
     let replies = join_all((0..20).map(|_| {
         let proxy = proxy.clone();
@@ -349,8 +346,7 @@ async fn concurrent_upgrades_cannot_overshoot_max_sessions() {
 #[tokio::test]
 async fn joiners_of_a_new_room_who_arrive_together_meet_on_one_backend() {
     let backends = spawn_backends(2).await;
-    let toml = config_for(&backends, "")
-        .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nroom_param = \"room\"");
+    let toml = config_with_pool(&backends, "", "room_param = \"room\"");
     let proxy = spawn_proxy(&toml).await;
     for room in 0..8 {
         let path = format!("/ws?room=together-{room}");
@@ -397,8 +393,7 @@ async fn maintenance_closes_tunnels_with_1012_unless_kept() {
     assert_eq!(close_code(h1.ws()).await, Some(1012));
     assert_eq!(close_code(h2.ws()).await, Some(1012));
 
-    let kept =
-        config_for(&backends, "").replace("hosts = [\"*\"]", "hosts = [\"*\"]\non_down = \"keep\"");
+    let kept = config_with_pool(&backends, "", "on_down = \"keep\"");
     let proxy = spawn_proxy(&kept).await;
     let mut r = proxy.ws_plain("/ws", None).await;
     proxy
@@ -510,8 +505,7 @@ async fn tunnels_of_a_backend_marked_down_are_closed() {
 #[tokio::test]
 async fn a_room_of_twenty_stays_together_through_its_backends_failure() {
     let backends = spawn_backends(3).await;
-    let toml = config_for(&backends, "")
-        .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nroom_param = \"room\"");
+    let toml = config_with_pool(&backends, "", "room_param = \"room\"");
     let proxy = spawn_proxy(&toml).await;
     let path = "/ws?room=all-hands";
     let mut joined = join_all((0..20).map(|_| proxy.ws_plain(path, None))).await;
@@ -572,8 +566,7 @@ async fn a_reconnect_wave_spreads_evenly_over_the_rest() {
 #[tokio::test]
 async fn slow_start_keeps_a_backend_enabled_again_from_taking_the_whole_wave() {
     let backends = spawn_backends(2).await;
-    let toml = config_for(&backends, "")
-        .replace("hosts = [\"*\"]", "hosts = [\"*\"]\nslow_start = \"30s\"");
+    let toml = config_with_pool(&backends, "", "slow_start = \"30s\"");
     let proxy = spawn_proxy(&toml).await;
     use rtcgate::state::backend::AdminState;
     for state in [AdminState::Maint, AdminState::Enabled] {

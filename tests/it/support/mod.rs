@@ -101,8 +101,13 @@ hosts = ["*"]
 
 /// `config_toml` over running demo backends.
 pub fn config_for(backends: &[Arc<DemoBackend>], limits: &str) -> String {
+    config_with_pool(backends, limits, "")
+}
+
+/// `config_toml` over running demo backends, `pool` lines under `[pools.media]`.
+pub fn config_with_pool(backends: &[Arc<DemoBackend>], limits: &str, pool: &str) -> String {
     let list: Vec<(&str, SocketAddr)> = backends.iter().map(|b| (b.id.as_str(), b.addr)).collect();
-    config_toml(&list, limits, "")
+    config_toml(&list, limits, pool)
 }
 
 /// A test certificate for `localhost`, written into a temporary folder with the config.
