@@ -29,6 +29,7 @@ use crate::proxy::error::{classify, ProxyError};
 use crate::proxy::headers::{
     machine_of, request_host, room_of, strip_hop_by_hop, strip_port, upstream_request,
 };
+use crate::proxy::pump;
 use crate::proxy::tunnel;
 use crate::proxy::upstream::{Upstream, UpstreamLimits};
 use crate::state::backend::{Backend, Check, InFlight, Session};
@@ -385,16 +386,16 @@ impl Handler {
             // rtcgate's own reasons to end it: the client gets 1001 at shutdown, 1012 else.
             let cut = async {
                 match stop.fired().await {
-                    TunnelEnd::Shutdown => tunnel::close::GOING_AWAY,
-                    _ => tunnel::close::SERVICE_RESTART,
+                    TunnelEnd::Shutdown => pump::close::GOING_AWAY,
+                    _ => pump::close::SERVICE_RESTART,
                 }
             };
-            let closed = tunnel::pump(TokioIo::new(client), TokioIo::new(upstream), idle, cut).await;
+            let closed = pump::pump(TokioIo::new(client), TokioIo::new(upstream), idle, cut).await;
             let why = match closed.end {
-                tunnel::End::Client => TunnelEnd::Client,
-                tunnel::End::Backend => TunnelEnd::Backend,
-                tunnel::End::Idle => TunnelEnd::Idle,
-                tunnel::End::Cut => stop.why(),
+                pump::End::Client => TunnelEnd::Client,
+                pump::End::Backend => TunnelEnd::Backend,
+                pump::End::Idle => TunnelEnd::Idle,
+                pump::End::Cut => stop.why(),
             };
             pool_metrics.tunnel_closed(why);
             let secs = opened.elapsed().as_secs_f64();

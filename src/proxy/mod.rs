@@ -9,7 +9,9 @@
 //! | [`error`] | what the client sees when rtcgate answers: 400 / 404 / 502 / 503 / 504 |
 //! | [`body`] | a proxied response body and what it holds until it ends |
 //! | [`upstream`] | keep-alive HTTP/1.1 connections to backends, one pool per worker |
-//! | [`tunnel`] | WebSocket upgrades (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT) and the byte pump |
+//! | [`tunnel`] | WebSocket upgrades (HTTP/1.1 Upgrade, HTTP/2 extended CONNECT) |
+//! | [`pump`] | a tunnel's bytes both ways, and its end with a close frame |
+//! | [`frames`] | where the backend's stream stands among WebSocket frames |
 //!
 //! Sockets, TLS and client-side limits are `server`'s; which backend takes a request is
 //! `balance`'s.
@@ -17,7 +19,9 @@
 pub mod body;
 pub mod conn;
 pub mod error;
+pub mod frames;
 pub mod handler;
 pub mod headers;
+pub mod pump;
 pub mod tunnel;
 pub mod upstream;

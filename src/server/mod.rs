@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use crate::metrics::TunnelEnd;
-use crate::proxy::tunnel::CUT_WAIT;
+use crate::proxy::pump::CUT_WAIT;
 use crate::server::listeners::Traffic;
 use crate::server::workers::Workers;
 use crate::state::Shared;
