@@ -80,12 +80,13 @@ pub fn close_frame(code: u16) -> Box<[u8]> {
     Box::new([0x88, 0x02, hi, lo])
 }
 
+/// Frames as a backend sends them, for the tests of this file and of the pump.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A server frame (unmasked, FIN) of `opcode` around `payload`.
-    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mut f = vec![0x80 | opcode];
         match payload.len() {
             n if n < 126 => f.push(n as u8),
@@ -102,7 +103,7 @@ mod tests {
         f
     }
 
-    fn closing(code: u16) -> Vec<u8> {
+    pub(crate) fn closing(code: u16) -> Vec<u8> {
         close_frame(code).to_vec()
     }
 

@@ -359,29 +359,8 @@ impl Half {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::frames::tests::{closing, frame};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A server frame (unmasked, FIN) of `opcode` around `payload`.
-    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut f = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => f.push(n as u8),
-            n if n <= 0xffff => {
-                f.push(126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(payload);
-        f
-    }
-
-    fn closing(code: u16) -> Vec<u8> {
-        close_frame(code).to_vec()
-    }
 
     #[tokio::test]
     async fn bytes_cross_both_ways_and_the_first_to_close_is_named() {
