@@ -33,7 +33,8 @@ pub fn serving(m: &Member) -> bool {
     m.backend.is_up() && m.backend.takes_pinned()
 }
 
-/// Whether a backend can take a new pin: up, enabled and below its session cap.
+/// Whether a backend can take a new pin: up, enabled, and its sessions and reservations below
+/// its session cap.
 pub fn eligible(m: &Member) -> bool {
     eligible_in(m, false)
 }
@@ -41,7 +42,7 @@ pub fn eligible(m: &Member) -> bool {
 /// [`eligible`], ignoring health when `fail_open`.
 fn eligible_in(m: &Member, fail_open: bool) -> bool {
     let b = &m.backend;
-    (fail_open || b.is_up()) && b.admin() == AdminState::Enabled && b.sessions() < m.max_sessions
+    (fail_open || b.is_up()) && b.admin() == AdminState::Enabled && b.claimed() < m.max_sessions
 }
 
 /// Whether every backend not in maintenance is failing its health checks. Placement then fails

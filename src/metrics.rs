@@ -147,6 +147,7 @@ pub struct Metrics {
     rejected: IntCounterVec,
     health_checks: IntCounterVec,
     upstream_connect_errors: IntCounterVec,
+    discovery: IntCounterVec,
     pub config_reloads: IntCounterVec,
     client_connections: IntGauge,
     client_connections_total: IntCounterVec,
@@ -220,6 +221,7 @@ impl Metrics {
             rejected: counter_vec(&r, "rtcgate_rejected_total", "Requests turned away with 503.", &["pool", "reason"]),
             health_checks: counter_vec(&r, "rtcgate_health_checks_total", "Active health checks, by result.", &["pool", "backend", "result"]),
             upstream_connect_errors: counter_vec(&r, "rtcgate_upstream_connect_errors_total", "Failed TCP connects to a backend.", pb),
+            discovery: counter_vec(&r, "rtcgate_discovery_total", "Discovery answers, by pool (\"\" when none was named or routed) and result.", &["pool", "result"]),
             config_reloads: counter_vec(&r, "rtcgate_config_reloads_total", "Configuration reloads, by result.", &["result"]),
             client_connections,
             client_connections_total: counter_vec(&r, "rtcgate_client_connections_total", "Client connections accepted, by listener.", &["listener"]),
@@ -254,8 +256,14 @@ impl Metrics {
             rejected: Rejection::ALL.map(|r| self.rejected.with_label_values(&[pool, r.as_str()])),
             tunnels_closed: TunnelEnd::ALL
                 .map(|e| self.tunnels_closed.with_label_values(&[pool, e.as_str()])),
+            discovery: ["ok", "error"].map(|r| self.discovery.with_label_values(&[pool, r])),
             requests: self.requests.clone(),
         }
+    }
+
+    /// Counts a discovery call that named no pool rtcgate has (and came for no host it routes).
+    pub fn discovery_without_pool(&self) {
+        self.discovery.with_label_values(&["", "error"]).inc();
     }
 
     /// Counts a client connection accepted on `listener` ("https" or "http"), and holds it in
@@ -387,6 +395,8 @@ pub struct PoolMetrics {
     sticky: [IntCounter; 4],
     rejected: [IntCounter; 3],
     tunnels_closed: [IntCounter; 7],
+    /// `rtcgate_discovery_total`: ok, error.
+    discovery: [IntCounter; 2],
     requests: IntCounterVec,
 }
 
@@ -405,6 +415,11 @@ impl PoolMetrics {
 
     pub fn rejected(&self, reason: Rejection) {
         self.rejected[reason as usize].inc();
+    }
+
+    /// Counts a discovery answer: a connection string, or an `ERROR:`.
+    pub fn discovery(&self, ok: bool) {
+        self.discovery[usize::from(!ok)].inc();
     }
 
     pub fn tunnel_closed(&self, why: TunnelEnd) {

@@ -7,6 +7,9 @@
 //! address. The first configured key signs; every key verifies, so keys rotate without breaking
 //! live pins. Several rtcgate instances with the same keys honour each other's cookies.
 //!
+//! Pin tokens in URLs (handed out by discovery) have the same format and keys under a domain
+//! label of their own, and always an expiry, so neither passes for the other.
+//!
 //! Reading and stripping the cookie from requests, and writing `Set-Cookie`, are here too, so
 //! the format has one owner; what to do with a pin is `balance.rs`'s.
 
@@ -23,6 +26,18 @@ use crate::config::{SameSite, Secure, Sticky, WhenDown};
 
 /// Versioned domain label, so a future token format can never verify as this one.
 const DOMAIN: &[u8] = b"rtcgate-sticky-v1";
+
+/// The domain label of pin tokens in URLs (discovery's), so a token and a cookie value never
+/// verify as each other.
+const URL_DOMAIN: &[u8] = b"rtcgate-pin-token-v1";
+
+/// Where a token travels: the two are signed apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Carrier {
+    Cookie,
+    /// A query parameter of a URL that discovery handed out; always has an expiry.
+    Url,
+}
 
 /// Re-issue a pinned user's cookie once less than this share of `max_age` is left, so an active
 /// user is never dropped from their backend by expiry.
@@ -88,16 +103,21 @@ impl StickyCookie {
 
     fn tag(
         &self,
+        carrier: Carrier,
         key: &hmac::Key,
         pool: &str,
         kid: &str,
         backend: &str,
         expiry: &str,
     ) -> hmac::Tag {
+        let (domain, name) = match carrier {
+            Carrier::Cookie => (DOMAIN, self.name.as_bytes()),
+            Carrier::Url => (URL_DOMAIN, &b""[..]),
+        };
         let mut ctx = hmac::Context::with_key(key);
         for part in [
-            DOMAIN,
-            self.name.as_bytes(),
+            domain,
+            name,
             pool.as_bytes(),
             kid.as_bytes(),
             backend.as_bytes(),
@@ -113,17 +133,42 @@ impl StickyCookie {
     /// A token pinning a user of `pool` to `backend`, signed with the first key.
     pub fn sign(&self, pool: &str, backend: &str, now: u64) -> String {
         let expiry = self.max_age.map_or(0, |d| now.saturating_add(d.as_secs()));
+        self.sign_as(Carrier::Cookie, pool, backend, expiry)
+    }
+
+    /// A pin token for a URL (discovery's), honoured until `expiry` (unix seconds).
+    pub fn sign_url_token(&self, pool: &str, backend: &str, expiry: u64) -> String {
+        self.sign_as(Carrier::Url, pool, backend, expiry.max(1))
+    }
+
+    fn sign_as(&self, carrier: Carrier, pool: &str, backend: &str, expiry: u64) -> String {
         let expiry = expiry.to_string();
         let (kid, key) = &self.keys[0];
-        let tag = self.tag(key, pool, kid, backend, &expiry);
+        let tag = self.tag(carrier, key, pool, kid, backend, &expiry);
         format!(
             "{kid}:{backend}:{expiry}:{}",
             URL_SAFE_NO_PAD.encode(tag.as_ref())
         )
     }
 
-    /// Verifies a token for `pool` at time `now` (unix seconds).
+    /// Verifies a cookie's token for `pool` at time `now` (unix seconds).
     pub fn verify<'t>(&self, pool: &str, token: &'t str, now: u64) -> CookiePin<'t> {
+        self.verify_as(Carrier::Cookie, pool, token, now)
+    }
+
+    /// Verifies a URL's pin token for `pool` at time `now`: as a cookie's, but it must carry
+    /// an expiry, and it is never due for a refresh (a cookie is what gets refreshed).
+    pub fn verify_url_token<'t>(&self, pool: &str, token: &'t str, now: u64) -> CookiePin<'t> {
+        self.verify_as(Carrier::Url, pool, token, now)
+    }
+
+    fn verify_as<'t>(
+        &self,
+        carrier: Carrier,
+        pool: &str,
+        token: &'t str,
+        now: u64,
+    ) -> CookiePin<'t> {
         let mut parts = token.splitn(4, ':');
         let (Some(kid), Some(backend), Some(expiry), Some(tag)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -142,12 +187,21 @@ impl StickyCookie {
             Ok(32) => {}
             _ => return CookiePin::Invalid,
         }
-        let msg = self.tag(key, pool, kid, backend, expiry);
+        let msg = self.tag(carrier, key, pool, kid, backend, expiry);
         if !bool::from(msg.as_ref().ct_eq(&raw[..32])) {
             return CookiePin::Invalid;
         }
         if exp != 0 && exp <= now {
             return CookiePin::Invalid;
+        }
+        if carrier == Carrier::Url {
+            return match exp {
+                0 => CookiePin::Invalid,
+                _ => CookiePin::Valid {
+                    backend,
+                    refresh: false,
+                },
+            };
         }
         // A token minted under another `max_age` (0 = session cookie) is re-issued under this one.
         let refresh = match self.max_age {
@@ -429,6 +483,32 @@ mod tests {
             }
         );
         assert_eq!(s.verify("media", &t, 1100), CookiePin::Invalid);
+    }
+
+    #[test]
+    fn url_tokens_expire_and_never_pass_for_cookies() {
+        let s = sticky(&[("k1", S1)], 0);
+        let t = s.sign_url_token("media", "m1", 2000);
+        assert_eq!(
+            s.verify_url_token("media", &t, 1999),
+            CookiePin::Valid {
+                backend: "m1",
+                refresh: false
+            }
+        );
+        assert_eq!(s.verify_url_token("media", &t, 2000), CookiePin::Invalid);
+        assert_eq!(s.verify_url_token("other", &t, 1000), CookiePin::Invalid);
+        assert_eq!(
+            s.verify("media", &t, 1000),
+            CookiePin::Invalid,
+            "not a cookie"
+        );
+        let cookie = s.sign("media", "m1", 1000);
+        assert_eq!(
+            s.verify_url_token("media", &cookie, 1000),
+            CookiePin::Invalid,
+            "a cookie value is not a URL token"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::types::{OnDown, PinWorkers, SameSite, Secure, WhenDown};
+use super::types::{DiscoveryMode, OnDown, PinWorkers, SameSite, Secure, WhenDown};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,6 +21,8 @@ pub(super) struct RawConfig {
     pub(super) limits: RawLimits,
     #[serde(default)]
     pub(super) log: RawLog,
+    #[serde(default)]
+    pub(super) discovery: RawDiscovery,
     #[serde(default)]
     pub(super) pools: BTreeMap<String, RawPool>,
 }
@@ -100,6 +102,42 @@ pub(super) struct RawLog {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawDiscovery {
+    #[serde(default)]
+    pub(super) path: String,
+    #[serde(default = "default_discovery_mode")]
+    pub(super) mode: DiscoveryMode,
+    #[serde(default = "default_ws_path")]
+    pub(super) ws_path: String,
+    #[serde(default)]
+    pub(super) public_host: String,
+    #[serde(default = "default_reservation")]
+    pub(super) reservation: String,
+    #[serde(default = "default_token_ttl")]
+    pub(super) token_ttl: String,
+    #[serde(default = "default_token_param")]
+    pub(super) token_param: String,
+    #[serde(default)]
+    pub(super) cors_origins: Vec<String>,
+}
+
+impl Default for RawDiscovery {
+    fn default() -> Self {
+        RawDiscovery {
+            path: String::new(),
+            mode: default_discovery_mode(),
+            ws_path: default_ws_path(),
+            public_host: String::new(),
+            reservation: default_reservation(),
+            token_ttl: default_token_ttl(),
+            token_param: default_token_param(),
+            cors_origins: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawPool {
     #[serde(default = "default_hosts")]
     pub(super) hosts: Vec<String>,
@@ -163,8 +201,25 @@ pub(super) struct RawBackend {
     pub(super) weight: u32,
     #[serde(default)]
     pub(super) health_port: u16,
+    #[serde(default)]
+    pub(super) public_url: String,
 }
 
+pub(super) fn default_discovery_mode() -> DiscoveryMode {
+    DiscoveryMode::Proxy
+}
+pub(super) fn default_ws_path() -> String {
+    "/".into()
+}
+pub(super) fn default_reservation() -> String {
+    "10s".into()
+}
+pub(super) fn default_token_ttl() -> String {
+    "1h".into()
+}
+pub(super) fn default_token_param() -> String {
+    "rtcgate_pin".into()
+}
 pub(super) fn default_machine_param() -> String {
     "machine".into()
 }

@@ -28,6 +28,8 @@ pub struct Config {
     pub admin: AdminConfig,
     pub limits: Limits,
     pub log: LogConfig,
+    /// The connection-string endpoint; `None` when off.
+    pub discovery: Option<Discovery>,
     /// Pools in name order.
     pub pools: Vec<PoolConfig>,
 }
@@ -169,6 +171,36 @@ pub struct Limits {
     pub upstream_idle_timeout: Duration,
 }
 
+/// What the discovery endpoint hands out (`discovery.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryMode {
+    /// A URL through rtcgate carrying a signed pin token.
+    Proxy,
+    /// The chosen backend's own `public_url`.
+    Direct,
+}
+
+/// The connection-string endpoint (`[discovery]`, Voice Elements' `rtcloadbalance`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    /// Where it answers on the public listeners.
+    pub path: String,
+    pub mode: DiscoveryMode,
+    /// The path of the WebSocket URL handed out in proxy mode.
+    pub ws_path: String,
+    /// `host[:port]` of URLs handed out in proxy mode; `None`: the request's own host.
+    pub public_host: Option<String>,
+    /// A handed-out slot counts in its backend's load until the client arrives or this passes.
+    pub reservation: Duration,
+    /// How long a pin token handed out in proxy mode is honoured.
+    pub token_ttl: Duration,
+    /// The query parameter carrying the pin token.
+    pub token_param: String,
+    /// Origins whose pages may call the endpoint (CORS); `*` for any.
+    pub cors_origins: Vec<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
     /// A line per request at target `rtcgate::access`.
@@ -217,6 +249,8 @@ pub struct BackendConfig {
     pub check_address: SocketAddr,
     pub max_sessions: u32,
     pub weight: u32,
+    /// The `ws://` or `wss://` URL clients reach it at directly (discovery's direct mode).
+    pub public_url: Option<String>,
 }
 
 /// A `Host` pattern: `*` (any), `*.example.com` (one or more labels), or an exact name.

@@ -120,6 +120,7 @@ impl Validator<'_> {
             pools.push(self.pool(name, p)?);
         }
         self.check_hosts(&pools)?;
+        let discovery = self.discovery(raw.discovery, &pools)?;
         Ok(Config {
             source: self.file.to_path_buf(),
             listen,
@@ -130,6 +131,7 @@ impl Validator<'_> {
             log: LogConfig {
                 access: raw.log.access,
             },
+            discovery,
             pools,
         })
     }
@@ -371,12 +373,17 @@ impl Validator<'_> {
                 (0, 0) => {}
                 (0, port) | (port, _) => check_address.set_port(port),
             }
+            let public_url = match b.public_url.trim() {
+                "" => None,
+                url => Some(self.ws_url(&format!("{key}.public_url"), url)?),
+            };
             backends.push(BackendConfig {
                 address,
                 check_address,
                 id: b.id,
                 max_sessions,
                 weight: b.weight,
+                public_url,
             });
         }
         Ok(PoolConfig {
@@ -430,6 +437,121 @@ impl Validator<'_> {
             fall: h.fall,
             port: h.port,
         })
+    }
+
+    /// A `ws://` or `wss://` URL with a host.
+    fn ws_url(&self, key: &str, url: &str) -> Result<String, ConfigError> {
+        let ok = url
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|u| matches!(u.scheme_str(), Some("ws" | "wss")))
+            .is_some_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+        if !ok {
+            return Err(self.err(
+                key,
+                format!("{url:?} is not a WebSocket URL; write e.g. \"wss://media-1.example.com:8989/\""),
+            ));
+        }
+        Ok(url.to_string())
+    }
+
+    fn discovery(
+        &self,
+        d: RawDiscovery,
+        pools: &[PoolConfig],
+    ) -> Result<Option<Discovery>, ConfigError> {
+        let path = d.path.trim();
+        if path.is_empty() {
+            return Ok(None);
+        }
+        let path_ok = |p: &str| {
+            p.starts_with('/')
+                && p.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#')
+        };
+        if !path_ok(path) {
+            return Err(self.err(
+                "discovery.path",
+                format!("{path:?} must be a path starting with '/', without '?' or '#' (or \"\" for off)"),
+            ));
+        }
+        let ws_path = d.ws_path.trim();
+        if !path_ok(ws_path) {
+            return Err(self.err(
+                "discovery.ws_path",
+                format!("{ws_path:?} must be a path starting with '/', without '?' or '#'"),
+            ));
+        }
+        let public_host = match d.public_host.trim() {
+            "" => None,
+            h => match h.parse::<http::uri::Authority>() {
+                Ok(a) if !a.host().is_empty() && !a.as_str().contains('@') => Some(h.to_string()),
+                _ => {
+                    return Err(self.err(
+                        "discovery.public_host",
+                        format!("{h:?} is not a host; write e.g. \"rtc.example.com\" or \"rtc.example.com:8443\""),
+                    ))
+                }
+            },
+        };
+        let token_param = d.token_param.trim();
+        if token_param.is_empty()
+            || !token_param
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(self.err(
+                "discovery.token_param",
+                format!("{token_param:?} must be letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        let token_ttl = self.duration("discovery.token_ttl", &d.token_ttl)?;
+        if token_ttl.is_zero() {
+            return Err(self.err("discovery.token_ttl", "must be greater than zero"));
+        }
+        let mut cors_origins = Vec::with_capacity(d.cors_origins.len());
+        for (i, o) in d.cors_origins.iter().enumerate() {
+            let o = o.trim().trim_end_matches('/');
+            let origin_ok = o == "*"
+                || o.parse::<http::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https"))
+                        && u.host().is_some_and(|h| !h.is_empty())
+                        && u.path_and_query().is_none_or(|p| p.as_str() == "/")
+                        && !o.contains('@')
+                });
+            if !origin_ok {
+                return Err(self.err(
+                    format!("discovery.cors_origins[{i}]"),
+                    format!(
+                        "{o:?} is not an origin; write e.g. \"https://app.example.com\" or \"*\""
+                    ),
+                ));
+            }
+            cors_origins.push(o.to_ascii_lowercase());
+        }
+        if d.mode == DiscoveryMode::Direct {
+            for p in pools {
+                if let Some(b) = p.backends.iter().find(|b| b.public_url.is_none()) {
+                    return Err(self.err(
+                        format!("pools.{}.backends", p.name),
+                        format!(
+                            "discovery.mode is \"direct\", so backend {:?} needs a public_url",
+                            b.id
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(Some(Discovery {
+            path: path.to_string(),
+            mode: d.mode,
+            ws_path: ws_path.to_string(),
+            public_host,
+            reservation: self.duration("discovery.reservation", &d.reservation)?,
+            token_ttl,
+            token_param: token_param.to_string(),
+            cors_origins,
+        }))
     }
 
     /// An exact host or wildcard claimed by two pools would make routing depend on table order.

@@ -197,6 +197,7 @@ fn backend_json(m: &Member) -> serde_json::Value {
         "sessions": b.sessions(),
         "load": b.load(),
         "inflight": b.inflight(),
+        "reserved": b.reserved(),
         "weight": m.weight,
         "max_sessions": m.max_sessions,
         "healthy": b.is_up(),

@@ -1,6 +1,6 @@
 //! Reloading the configuration, and what triggers it: the config file (and certificate files)
 //! changing on disk, SIGHUP, and `POST /reload` (in `admin.rs`). Also the ticker that ends the
-//! drain of removed backends.
+//! drain of removed backends and lets discovery's lapsed reservations go.
 //!
 //! [`Runtime::reload`] validates the new file and the certificates it names, builds a snapshot
 //! that reuses the registry's backends, publishes it, and brings the connection slots and health
@@ -86,6 +86,11 @@ impl Runtime {
         let snap = Arc::new(self.snapshot().rebuild(&self.registry));
         self.shared().publish(snap.clone());
         self.health.sync(&snap);
+    }
+
+    /// Lets discovery's reservations that lapsed go (within a tick of their end).
+    fn expire_reservations(&self) {
+        self.shared().reservations.expire(std::time::Instant::now());
     }
 
     /// The last reload's outcome.
@@ -223,7 +228,10 @@ async fn drain_ticker(runtime: Arc<Runtime>, stop: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => runtime.expire_leaving(),
+            _ = tick.tick() => {
+                runtime.expire_leaving();
+                runtime.expire_reservations();
+            }
             _ = stop.cancelled() => return,
         }
     }

@@ -20,7 +20,7 @@ pub const RETRY_AFTER_JITTER: u64 = 2;
 
 /// This 503's `Retry-After`: spread over `RETRY_AFTER_SECS ± RETRY_AFTER_JITTER` by a hash of
 /// the clock and a per-thread count (no system call).
-fn retry_after() -> u64 {
+pub(super) fn retry_after() -> u64 {
     thread_local! {
         static COUNT: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
     }

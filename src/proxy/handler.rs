@@ -25,9 +25,11 @@ use crate::config::OnDown;
 use crate::metrics::{PoolMetrics, TunnelEnd};
 use crate::proxy::body::{ResponseBody, Tracked};
 use crate::proxy::conn::ConnInfo;
+use crate::proxy::discovery;
 use crate::proxy::error::{classify, ProxyError};
 use crate::proxy::headers::{
     machine_of, request_host, room_of, strip_hop_by_hop, strip_port, upstream_request,
+    without_query_param,
 };
 use crate::proxy::pump;
 use crate::proxy::tunnel;
@@ -79,6 +81,21 @@ impl Handler {
         let path = uri.path();
         let (access_log, result) = {
             let snap = self.shared.snapshot();
+            if let Some(d) = snap.config.discovery.as_ref().filter(|d| d.path == path) {
+                let resp = discovery::answer(&snap, d, &self.shared, &req, conn.tls);
+                if snap.config.log.access {
+                    tracing::info!(
+                        target: "rtcgate::access",
+                        client = %conn.peer,
+                        %method,
+                        %path,
+                        status = resp.status().as_u16(),
+                        backend = "-",
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                    );
+                }
+                return resp;
+            }
             (
                 snap.config.log.access,
                 self.place(&snap, &mut req, conn.tls),
@@ -128,13 +145,26 @@ impl Handler {
         let pool = snap
             .route(strip_port(host))
             .ok_or_else(|| ProxyError::NoRoute(host.to_string()))?;
+        // A pin token from discovery wins over the cookie (it is the newer word on where this
+        // user goes); a forged or expired one places the user afresh, counted as invalid. It
+        // never reaches the backend.
+        let url_token = match &snap.config.discovery {
+            Some(d) => discovery::url_token(d, req).inspect(|_| {
+                *req.uri_mut() = without_query_param(req.uri(), &d.token_param);
+            }),
+            None => None,
+        };
         let now = sticky::unix_now();
         let cached = |id: &str| pool.member(id).and_then(|m| m.pin_cache.as_ref());
-        let pin = snap
+        let cookie_pin = snap
             .sticky
             .pin(req.headers(), &pool.config.name, now, cached);
         // Without a cookie of ours there is nothing to strip (one header lookup fewer).
-        let has_ours = pin != CookiePin::None;
+        let has_ours = cookie_pin != CookiePin::None;
+        let token_pin = url_token
+            .as_deref()
+            .map(|t| snap.sticky.verify_url_token(&pool.config.name, t, now));
+        let pin = token_pin.unwrap_or(cookie_pin);
         let room = room_of(req, pool.config.room_param.as_deref());
         let websocket = tunnel::websocket_kind(req);
         // A machine pin names the backend itself, and wins over the cookie and the room.
@@ -187,7 +217,11 @@ impl Handler {
         };
         pool.metrics.sticky(placed.outcome);
         let backend = &placed.member.backend;
-        let set_cookie = placed.set_cookie.then(|| match &placed.member.pin_cache {
+        let on = |p: CookiePin<'_>| matches!(p, CookiePin::Valid { backend: b, .. } if *b == *backend.id);
+        let by_token = token_pin.is_some_and(on);
+        // The cookie follows the token, so the user's plain requests go where the token sent it.
+        let set_cookie = placed.set_cookie || (by_token && !on(cookie_pin));
+        let set_cookie = set_cookie.then(|| match &placed.member.pin_cache {
             Some(c) => c.set_cookie(tls),
             None => snap
                 .sticky
@@ -197,7 +231,7 @@ impl Handler {
         if has_ours {
             snap.sticky.strip(req.headers_mut());
         }
-        Ok(Plan {
+        let plan = Plan {
             // A WebSocket counts once in its backend's load: as the session reserved for it.
             inflight: websocket.is_none().then(|| backend.start_request()),
             session: websocket.map(|_| backend.open_session()),
@@ -214,7 +248,14 @@ impl Handler {
             response_timeout: snap.config.limits.response_timeout,
             upstream_limits: UpstreamLimits::from(&snap.config.limits),
             tunnel_idle_timeout: snap.config.limits.tunnel_idle_timeout,
-        })
+        };
+        // The client discovery sent arrived: its session is open, the slot held for it ends.
+        if by_token && websocket.is_some() {
+            self.shared
+                .reservations
+                .claim(&plan.backend, plan.room.as_deref());
+        }
+        Ok(plan)
     }
 
     /// `started` is when the request arrived; it stands for "now" until the response comes.

@@ -35,12 +35,7 @@ pub(super) fn machine_of<'r, B>(req: &'r Request<B>, param: Option<&str>) -> Opt
 
 /// The value of query parameter `param`, else of header `header`; never empty.
 fn named<'r, B>(req: &'r Request<B>, param: &str, header: &HeaderName) -> Option<Cow<'r, str>> {
-    let from_query = req.uri().query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == param)
-            .map(|(_, v)| v)
-    });
-    from_query
+    query_value(req.uri(), param)
         .or_else(|| {
             req.headers()
                 .get(header)
@@ -48,6 +43,38 @@ fn named<'r, B>(req: &'r Request<B>, param: &str, header: &HeaderName) -> Option
                 .map(|v| Cow::Borrowed(v.trim()))
         })
         .filter(|r| !r.is_empty())
+}
+
+/// The (decoded) value of query parameter `param`, the first if several.
+pub(super) fn query_value<'u>(uri: &'u Uri, param: &str) -> Option<Cow<'u, str>> {
+    let q = uri.query()?;
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == param)
+        .map(|(_, v)| v)
+}
+
+/// `uri` without any query parameter named `param`; the other parameters are kept byte for
+/// byte, in order. (An origin-form URI only: the backend never sees an absolute one.)
+pub(super) fn without_query_param(uri: &Uri, param: &str) -> Uri {
+    let Some(q) = uri.query() else {
+        return uri.clone();
+    };
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n);
+            !form_urlencoded::parse(name.as_bytes()).any(|(k, v)| k == param && v.is_empty())
+        })
+        .collect();
+    let path_and_query = if kept.is_empty() {
+        uri.path().to_string()
+    } else {
+        format!("{}?{}", uri.path(), kept.join("&"))
+    };
+    let mut parts = uri.clone().into_parts();
+    // Made of the URI's own parts, so it parses.
+    parts.path_and_query = PathAndQuery::try_from(path_and_query).ok();
+    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 /// The host a request is for: the HTTP/2 `:authority` or the HTTP/1.1 `Host` header.
@@ -314,6 +341,26 @@ mod tests {
     use std::net::SocketAddr;
 
     use crate::proxy::conn::Held;
+
+    #[test]
+    fn a_query_parameter_goes_and_the_others_stay_byte_for_byte() {
+        let strip = |u: &str| {
+            let uri: Uri = u.parse().expect("a URI");
+            without_query_param(&uri, "rtcgate_pin").to_string()
+        };
+        assert_eq!(
+            strip("/ws?room=a%20b&rtcgate_pin=k1:m1:9:xyz&x=1"),
+            "/ws?room=a%20b&x=1"
+        );
+        assert_eq!(strip("/ws?rtcgate_pin=k1%3Am1"), "/ws");
+        assert_eq!(
+            strip("/ws?rtcgate%5Fpin=a&rtcgate_pin"),
+            "/ws",
+            "encoded name"
+        );
+        assert_eq!(strip("/ws?a=1&&b"), "/ws?a=1&&b");
+        assert_eq!(strip("/ws"), "/ws");
+    }
 
     #[test]
     fn strips_static_and_connection_listed_headers() {

@@ -4,6 +4,7 @@
 //! | file | owns |
 //! |---|---|
 //! | [`handler`] | the request path: route → place → forward → respond; its one entry is [`handler::Handler::handle`] |
+//! | [`discovery`] | the connection-string endpoint: place, reserve, hand out a URL with a pin token |
 //! | [`conn`] | what a client connection carries for its requests: peer, forwarding parts, in-progress counters |
 //! | [`headers`] | header hygiene: hop-by-hop, forwarding headers, host and room; the backend's request |
 //! | [`error`] | what the client sees when rtcgate answers: 400 / 404 / 502 / 503 / 504 |
@@ -18,6 +19,7 @@
 
 pub mod body;
 pub mod conn;
+pub mod discovery;
 pub mod error;
 pub mod frames;
 pub mod handler;

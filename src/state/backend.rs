@@ -43,6 +43,9 @@ pub struct Backend {
     sessions: AtomicU32,
     /// Requests between placement and the end of their response body.
     inflight: AtomicU32,
+    /// Slots handed out by discovery whose client has not arrived (`reservations.rs` holds
+    /// them).
+    reserved: AtomicU32,
     /// Consecutive passing and failing checks (active probes and passive failures alike).
     passes: AtomicU32,
     fails: AtomicU32,
@@ -134,6 +137,7 @@ impl Backend {
             admin: AtomicU8::new(AdminState::Enabled as u8),
             sessions: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
+            reserved: AtomicU32::new(0),
             passes: AtomicU32::new(0),
             fails: AtomicU32::new(0),
             last_check: Mutex::new(None),
@@ -355,9 +359,35 @@ impl Backend {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// Sessions plus in-flight requests.
+    /// Sessions plus in-flight requests plus unexpired reservations.
     pub fn load(&self) -> u32 {
-        self.sessions().saturating_add(self.inflight())
+        self.sessions()
+            .saturating_add(self.inflight())
+            .saturating_add(self.reserved())
+    }
+
+    /// Open sessions plus the slots reserved for clients on their way: what counts against
+    /// `max_sessions`.
+    pub fn claimed(&self) -> u32 {
+        self.sessions().saturating_add(self.reserved())
+    }
+
+    /// Slots handed out by discovery whose client has not arrived yet and that have not lapsed.
+    pub fn reserved(&self) -> u32 {
+        self.reserved.load(Ordering::Relaxed)
+    }
+
+    /// Holds a slot for a client that discovery sends here, while its open sessions and
+    /// reservations are below `cap` (`None`: no cap, for a user already pinned here). Check
+    /// and count are one step, so concurrent calls cannot overshoot `cap`.
+    pub fn reserve(self: &Arc<Self>, cap: Option<u32>) -> Option<Reserved> {
+        self.reserved
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| match cap {
+                Some(cap) if self.sessions().saturating_add(n) >= cap => None,
+                _ => Some(n + 1),
+            })
+            .ok()?;
+        Some(Reserved(self.clone()))
     }
 
     /// Counts one in-flight request until the guard drops.
@@ -386,6 +416,22 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A slot reserved on a backend for a client on its way; dropping it ends the count.
+#[derive(Debug)]
+pub struct Reserved(Arc<Backend>);
+
+impl Reserved {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.0.reserved.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -5,15 +5,17 @@
 //! | [`backend`] | one backend's runtime state: health, admin state, counters and their guards |
 //! | [`registry`] | backends by (pool, id, address), carried across reloads; removed ones drain |
 //! | [`rooms`] | live rooms: which backend holds each room's open tunnels |
+//! | [`reservations`] | slots discovery handed out, until their client arrives or they lapse |
 //! | [`snapshot`] | the immutable, config-derived view: pools, members, routing, keys, TLS |
 //!
 //! [`Shared`] is the one value the data path and the control plane both hold: the snapshot
-//! swap, the live rooms, the metrics, the tasks shutdown waits for, and the connection slots.
+//! swap, the live rooms, discovery's reservations, the metrics, the tasks shutdown waits for, and the connection slots.
 //! The data path only reads the snapshot; the control plane (`control::Runtime`) publishes new
 //! ones and resizes the slots.
 
 pub mod backend;
 pub mod registry;
+pub mod reservations;
 pub mod rooms;
 pub mod snapshot;
 
@@ -24,6 +26,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
+use crate::state::reservations::Reservations;
 use crate::state::rooms::LiveRooms;
 use crate::state::snapshot::Snapshot;
 
@@ -31,6 +34,7 @@ use crate::state::snapshot::Snapshot;
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub rooms: Arc<LiveRooms>,
+    pub reservations: Reservations,
     pub metrics: Arc<Metrics>,
     /// Client connections and the tunnels they became, which shutdown waits for.
     pub tasks: TaskTracker,
@@ -51,6 +55,7 @@ impl Shared {
         Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             rooms: Arc::default(),
+            reservations: Reservations::default(),
             metrics,
             tasks: TaskTracker::new(),
             connection_slots: Arc::new(Semaphore::new(slots)),
