@@ -6,6 +6,8 @@
 //! (`upstream.rs`), retries once elsewhere when it never left, and turns the answer, or the
 //! failure (`error.rs`), into the client's response. A WebSocket's `101` becomes a tunnel
 //! (`tunnel.rs`), spawned on the shared task tracker and counted as a session of its backend.
+//! A request for the discovery path is rtcgate's own to answer (`discovery.rs`); a pin token
+//! that discovery handed out is honoured here, ahead of the cookie, and taken off the URI.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -231,10 +233,15 @@ impl Handler {
         if has_ours {
             snap.sticky.strip(req.headers_mut());
         }
-        let plan = Plan {
-            // A WebSocket counts once in its backend's load: as the session reserved for it.
+        // A WebSocket counts once in its backend's load: as the session reserved for it.
+        let session = websocket.map(|_| backend.open_session());
+        // The client discovery sent arrived: its session is open, the slot held for it ends.
+        if by_token && session.is_some() {
+            self.shared.reservations.claim(backend, room.as_deref());
+        }
+        Ok(Plan {
             inflight: websocket.is_none().then(|| backend.start_request()),
-            session: websocket.map(|_| backend.open_session()),
+            session,
             in_room,
             websocket,
             backend: backend.clone(),
@@ -248,14 +255,7 @@ impl Handler {
             response_timeout: snap.config.limits.response_timeout,
             upstream_limits: UpstreamLimits::from(&snap.config.limits),
             tunnel_idle_timeout: snap.config.limits.tunnel_idle_timeout,
-        };
-        // The client discovery sent arrived: its session is open, the slot held for it ends.
-        if by_token && websocket.is_some() {
-            self.shared
-                .reservations
-                .claim(&plan.backend, plan.room.as_deref());
-        }
-        Ok(plan)
+        })
     }
 
     /// `started` is when the request arrived; it stands for "now" until the response comes.

@@ -7,32 +7,6 @@ use crate::support::*;
 use http::StatusCode;
 use tokio::net::TcpStream;
 
-/// The value of the sample `name` whose labels include every pair of `labels`.
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text parses");
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
-            prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
-}
-
-async fn metrics(proxy: &TestProxy) -> String {
-    let r = proxy.admin().await.get("/metrics").await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(r
-        .header("content-type")
-        .unwrap_or_default()
-        .starts_with("text/plain"));
-    r.text()
-}
-
 async fn post(proxy: &TestProxy, path: &str, token: Option<&str>) -> Reply {
     let mut c = proxy.admin().await;
     let mut req = c.request("POST", path);

@@ -9,6 +9,7 @@ mod binary;
 mod bodies;
 mod call;
 mod config;
+mod discovery;
 mod front_door;
 mod health;
 mod janus;

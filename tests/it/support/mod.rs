@@ -167,3 +167,30 @@ pub fn assert_retry_after(value: Option<&str>) {
         .unwrap_or_else(|| panic!("Retry-After {value:?}"));
     assert!((3..=7).contains(&secs), "Retry-After {secs}");
 }
+
+/// The value of the sample `name` whose labels include every pair of `labels`.
+pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text parses");
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+            prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+/// `GET /metrics` on the admin listener, checked to be Prometheus text.
+pub async fn metrics(proxy: &TestProxy) -> String {
+    let r = proxy.admin().await.get("/metrics").await;
+    assert_eq!(r.status, http::StatusCode::OK);
+    assert!(r
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("text/plain"));
+    r.text()
+}
