@@ -148,6 +148,9 @@ pub struct Metrics {
     health_checks: IntCounterVec,
     upstream_connect_errors: IntCounterVec,
     discovery: IntCounterVec,
+    /// `rtcgate_turn_credentials_total`: issued, denied.
+    pub turn_credentials: [IntCounter; 2],
+    turn_server_up: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     client_connections: IntGauge,
     client_connections_total: IntCounterVec,
@@ -222,6 +225,11 @@ impl Metrics {
             health_checks: counter_vec(&r, "rtcgate_health_checks_total", "Active health checks, by result.", &["pool", "backend", "result"]),
             upstream_connect_errors: counter_vec(&r, "rtcgate_upstream_connect_errors_total", "Failed TCP connects to a backend.", pb),
             discovery: counter_vec(&r, "rtcgate_discovery_total", "Discovery answers, by pool (\"\" when none was named or routed) and result.", &["pool", "result"]),
+            turn_credentials: {
+                let v = counter_vec(&r, "rtcgate_turn_credentials_total", "TURN credentials asked for, by result.", &["result"]);
+                ["issued", "denied"].map(|x| v.with_label_values(&[x]))
+            },
+            turn_server_up: gauge_vec(&r, "rtcgate_turn_server_up", "1 when the TURN server passes its checks.", &["url"]),
             config_reloads: counter_vec(&r, "rtcgate_config_reloads_total", "Configuration reloads, by result.", &["result"]),
             client_connections,
             client_connections_total: counter_vec(&r, "rtcgate_client_connections_total", "Client connections accepted, by listener.", &["listener"]),
@@ -293,16 +301,26 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of everything, with the state gauges set from `backends`
-    /// (every backend the current snapshot lists).
-    pub fn render<'a>(&self, backends: impl IntoIterator<Item = BackendGauges<'a>>) -> String {
+    /// (every backend the current snapshot lists) and `turn` (each TURN URL, and whether up).
+    pub fn render<'a>(
+        &self,
+        backends: impl IntoIterator<Item = BackendGauges<'a>>,
+        turn: impl IntoIterator<Item = (&'a str, bool)>,
+    ) -> String {
         let _one_at_a_time = self.render.lock().unwrap_or_else(|e| e.into_inner());
         for g in [
             &self.backend_up,
             &self.backend_sessions,
             &self.backend_inflight,
             &self.backend_state,
+            &self.turn_server_up,
         ] {
             g.reset();
+        }
+        for (url, up) in turn {
+            self.turn_server_up
+                .with_label_values(&[url])
+                .set(i64::from(up));
         }
         for b in backends {
             let labels = [b.pool, b.id];
@@ -454,7 +472,7 @@ mod tests {
                 pool.rejected(r);
             }
         }
-        let text = m.render([]);
+        let text = m.render([], []);
         for (n, o) in Outcome::ALL.into_iter().enumerate() {
             let line = format!(
                 "rtcgate_sticky_total{{outcome=\"{}\",pool=\"media\"}} {}",
@@ -486,7 +504,7 @@ mod tests {
             inflight: 1,
             state: "down",
         };
-        let text = m.render([b]);
+        let text = m.render([b], []);
         for line in [
             "rtcgate_backend_up{backend=\"m1\",pool=\"media\"} 0",
             "rtcgate_backend_sessions{backend=\"m1\",pool=\"media\"} 3",
@@ -495,7 +513,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
-        let text = m.render([]);
+        let text = m.render([], []);
         assert!(!text.contains("backend=\"m1\""), "{text}");
     }
 }

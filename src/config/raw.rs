@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::types::{DiscoveryMode, OnDown, PinWorkers, SameSite, Secure, WhenDown};
+use super::types::{DiscoveryMode, OnDown, PinWorkers, SameSite, Secure, TurnAuth, WhenDown};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,6 +23,8 @@ pub(super) struct RawConfig {
     pub(super) log: RawLog,
     #[serde(default)]
     pub(super) discovery: RawDiscovery,
+    #[serde(default)]
+    pub(super) turn: RawTurn,
     #[serde(default)]
     pub(super) pools: BTreeMap<String, RawPool>,
 }
@@ -138,6 +140,72 @@ impl Default for RawDiscovery {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawTurn {
+    #[serde(default)]
+    pub(super) path: String,
+    #[serde(default)]
+    pub(super) secret: String,
+    #[serde(default)]
+    pub(super) urls: Vec<String>,
+    #[serde(default = "default_turn_ttl")]
+    pub(super) ttl: String,
+    #[serde(default = "default_turn_auth")]
+    pub(super) auth: TurnAuth,
+    #[serde(default)]
+    pub(super) auth_url: String,
+    #[serde(default = "default_auth_user_header")]
+    pub(super) auth_user_header: String,
+    #[serde(default = "default_auth_cache")]
+    pub(super) auth_cache: String,
+    #[serde(default = "default_auth_timeout")]
+    pub(super) auth_timeout: String,
+    #[serde(default)]
+    pub(super) health: RawTurnHealth,
+}
+
+impl Default for RawTurn {
+    fn default() -> Self {
+        RawTurn {
+            path: String::new(),
+            secret: String::new(),
+            urls: Vec::new(),
+            ttl: default_turn_ttl(),
+            auth: default_turn_auth(),
+            auth_url: String::new(),
+            auth_user_header: default_auth_user_header(),
+            auth_cache: default_auth_cache(),
+            auth_timeout: default_auth_timeout(),
+            health: RawTurnHealth::default(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTurnHealth {
+    #[serde(default = "default_turn_interval")]
+    pub(super) interval: String,
+    #[serde(default = "default_health_timeout")]
+    pub(super) timeout: String,
+    #[serde(default = "default_rise_fall")]
+    pub(super) rise: u32,
+    #[serde(default = "default_rise_fall")]
+    pub(super) fall: u32,
+}
+
+impl Default for RawTurnHealth {
+    fn default() -> Self {
+        RawTurnHealth {
+            interval: default_turn_interval(),
+            timeout: default_health_timeout(),
+            rise: default_rise_fall(),
+            fall: default_rise_fall(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawPool {
     #[serde(default = "default_hosts")]
     pub(super) hosts: Vec<String>,
@@ -205,6 +273,24 @@ pub(super) struct RawBackend {
     pub(super) public_url: String,
 }
 
+pub(super) fn default_turn_ttl() -> String {
+    "24h".into()
+}
+pub(super) fn default_turn_auth() -> TurnAuth {
+    TurnAuth::Session
+}
+pub(super) fn default_auth_user_header() -> String {
+    "X-Auth-User".into()
+}
+pub(super) fn default_auth_cache() -> String {
+    "10s".into()
+}
+pub(super) fn default_auth_timeout() -> String {
+    "2s".into()
+}
+pub(super) fn default_turn_interval() -> String {
+    "5s".into()
+}
 pub(super) fn default_discovery_mode() -> DiscoveryMode {
     DiscoveryMode::Proxy
 }

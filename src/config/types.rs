@@ -30,6 +30,8 @@ pub struct Config {
     pub log: LogConfig,
     /// The connection-string endpoint; `None` when off.
     pub discovery: Option<Discovery>,
+    /// TURN credentials; `None` when off.
+    pub turn: Option<Turn>,
     /// Pools in name order.
     pub pools: Vec<PoolConfig>,
 }
@@ -199,6 +201,61 @@ pub struct Discovery {
     pub token_param: String,
     /// Origins whose pages may call the endpoint (CORS); `*` for any.
     pub cors_origins: Vec<String>,
+}
+
+/// Who gets TURN credentials (`turn.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnAuth {
+    /// A client holding a valid pin of the pool its host routes to.
+    Session,
+    /// A client whom `auth_url` answers with a 2xx.
+    Forward,
+    /// Anyone (for testing).
+    None,
+}
+
+/// One `turn:`, `turns:` or `stun:` URL, and where it is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnUrl {
+    /// As configured, as handed to clients.
+    pub url: String,
+    pub host: String,
+    pub port: u16,
+    /// Reached over TCP (`turns:`, or `?transport=tcp`): checked by a connect, not by STUN.
+    pub tcp: bool,
+}
+
+/// TURN REST credentials minted at the front door (`[turn]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Turn {
+    pub path: String,
+    /// coturn's `static-auth-secret`.
+    pub secret: Vec<u8>,
+    pub urls: Vec<TurnUrl>,
+    pub ttl: Duration,
+    pub auth: TurnAuth,
+    /// Forward auth: asked with the client's `Cookie` and `Authorization`.
+    pub auth_url: Option<http::Uri>,
+    /// The header of the auth service's answer naming the user.
+    pub auth_user_header: http::HeaderName,
+    /// How long an auth answer is reused for the same client credentials.
+    pub auth_cache: Duration,
+    /// Time the auth service has to answer.
+    pub auth_timeout: Duration,
+    /// Checks of the TURN servers (`path` unused: STUN or a TCP connect).
+    pub health: HealthConfig,
+}
+
+impl fmt::Debug for Turn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret.
+        f.debug_struct("Turn")
+            .field("path", &self.path)
+            .field("urls", &self.urls)
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -121,6 +121,7 @@ impl Validator<'_> {
         }
         self.check_hosts(&pools)?;
         let discovery = self.discovery(raw.discovery, &pools)?;
+        let turn = self.turn(raw.turn)?;
         Ok(Config {
             source: self.file.to_path_buf(),
             listen,
@@ -132,6 +133,7 @@ impl Validator<'_> {
                 access: raw.log.access,
             },
             discovery,
+            turn,
             pools,
         })
     }
@@ -554,6 +556,99 @@ impl Validator<'_> {
         }))
     }
 
+    fn turn(&self, t: RawTurn) -> Result<Option<Turn>, ConfigError> {
+        let path = t.path.trim();
+        if path.is_empty() {
+            return Ok(None);
+        }
+        if !path.starts_with('/') || path.contains(['?', '#']) {
+            return Err(self.err(
+                "turn.path",
+                format!("{path:?} must be a path starting with '/' (or \"\" for off)"),
+            ));
+        }
+        if t.secret.len() < 16 {
+            return Err(self.err(
+                "turn.secret",
+                "set coturn's static-auth-secret, at least 16 characters",
+            ));
+        }
+        if t.urls.is_empty() {
+            return Err(self.err(
+                "turn.urls",
+                "list at least one \"turn:host:port?transport=udp\", \"turns:…\" or \"stun:…\" URL",
+            ));
+        }
+        let mut urls = Vec::with_capacity(t.urls.len());
+        for (i, u) in t.urls.iter().enumerate() {
+            let parsed = turn_url(u.trim()).ok_or_else(|| {
+                self.err(
+                    format!("turn.urls[{i}]"),
+                    format!("{u:?} is not a TURN or STUN URL; write e.g. \"turn:turn.example.com:3478?transport=udp\""),
+                )
+            })?;
+            urls.push(parsed);
+        }
+        let auth_url = match (t.auth, t.auth_url.trim()) {
+            (TurnAuth::Forward, "") => {
+                return Err(self.err("turn.auth_url", "auth = \"forward\" needs an auth_url"))
+            }
+            (_, "") => None,
+            (_, u) => {
+                let uri: http::Uri = u
+                    .parse()
+                    .map_err(|_| self.err("turn.auth_url", format!("{u:?} is not a URL")))?;
+                let plain = uri.scheme_str() == Some("http")
+                    && uri.authority().is_some_and(|a| !a.as_str().contains('@'));
+                if !plain {
+                    return Err(self.err(
+                        "turn.auth_url",
+                        format!("{u:?}: write an http:// URL of the auth service, e.g. \"http://127.0.0.1:8000/auth\""),
+                    ));
+                }
+                Some(uri)
+            }
+        };
+        let auth_user_header = http::HeaderName::from_bytes(t.auth_user_header.trim().as_bytes())
+            .map_err(|_| {
+            self.err(
+                "turn.auth_user_header",
+                format!("{:?} is not a header name", t.auth_user_header),
+            )
+        })?;
+        let auth_timeout = self.duration("turn.auth_timeout", &t.auth_timeout)?;
+        if auth_timeout.is_zero() {
+            return Err(self.err("turn.auth_timeout", "must be greater than zero"));
+        }
+        let ttl = self.duration("turn.ttl", &t.ttl)?;
+        if ttl < Duration::from_secs(60) {
+            return Err(self.err("turn.ttl", "must be at least 60s"));
+        }
+        let health = self.health(
+            "turn",
+            RawHealth {
+                path: String::new(),
+                interval: t.health.interval,
+                timeout: t.health.timeout,
+                rise: t.health.rise,
+                fall: t.health.fall,
+                port: 0,
+            },
+        )?;
+        Ok(Some(Turn {
+            path: path.to_string(),
+            secret: t.secret.into_bytes(),
+            urls,
+            ttl,
+            auth: t.auth,
+            auth_url,
+            auth_user_header,
+            auth_cache: self.duration("turn.auth_cache", &t.auth_cache)?,
+            auth_timeout,
+            health,
+        }))
+    }
+
     /// An exact host or wildcard claimed by two pools would make routing depend on table order.
     fn check_hosts(&self, pools: &[PoolConfig]) -> Result<(), ConfigError> {
         let mut seen: Vec<(&HostPattern, &str)> = Vec::new();
@@ -583,4 +678,87 @@ fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
     let covers =
         |wild: IpAddr, other: IpAddr| wild.is_unspecified() && (wild.is_ipv6() || other.is_ipv4());
     a == b || covers(a, b) || covers(b, a)
+}
+
+/// `turn:host[:port][?transport=udp|tcp]`, `turns:…` or `stun:…` (RFC 7064, RFC 7065), with
+/// the default ports 3478 and 5349 (`turns:`).
+fn turn_url(url: &str) -> Option<TurnUrl> {
+    let (scheme, rest) = url.split_once(':')?;
+    let (hostport, query) = match rest.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (rest, None),
+    };
+    let tls = match scheme {
+        "turn" | "stun" => false,
+        "turns" | "stuns" => true,
+        _ => return None,
+    };
+    let transport = match query {
+        None => None,
+        Some(q) => match q.strip_prefix("transport=")? {
+            "udp" if !tls => Some("udp"),
+            "tcp" => Some("tcp"),
+            _ => return None,
+        },
+    };
+    if scheme.starts_with("stun") && transport.is_some() {
+        return None;
+    }
+    let default_port = if tls { 5349 } else { 3478 };
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        (h.to_string(), port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().ok()?),
+            None => (hostport.to_string(), default_port),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+    if !host_ok || port == 0 {
+        return None;
+    }
+    Some(TurnUrl {
+        url: url.to_string(),
+        host,
+        port,
+        tcp: tls || transport == Some("tcp"),
+    })
+}
+
+#[cfg(test)]
+mod turn_url_tests {
+    use super::turn_url;
+
+    #[test]
+    fn turn_and_stun_urls_parse_with_their_default_ports() {
+        let u = turn_url("turn:turn.example.com?transport=udp").expect("parses");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.tcp),
+            ("turn.example.com", 3478, false)
+        );
+        let u = turn_url("turns:turn.example.com:443?transport=tcp").expect("parses");
+        assert_eq!((u.port, u.tcp), (443, true));
+        assert_eq!(turn_url("turns:t.example.com").map(|u| u.port), Some(5349));
+        let u = turn_url("stun:[::1]:3479").expect("parses");
+        assert_eq!((u.host.as_str(), u.port), ("::1", 3479));
+        for bad in [
+            "http://x",
+            "turn:",
+            "turn:x:0",
+            "turn:x?transport=sctp",
+            "stun:x?transport=udp",
+            "turns:x?transport=udp",
+        ] {
+            assert!(turn_url(bad).is_none(), "{bad}");
+        }
+    }
 }

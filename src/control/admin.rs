@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::control::runtime::{AdminError, Runtime};
 use crate::metrics::BackendGauges;
-use crate::state::backend::{AdminState, Backend};
+use crate::state::backend::{AdminState, Backend, CheckRecord};
 use crate::state::snapshot::{Member, Snapshot};
 
 type Body = Full<Bytes>;
@@ -156,7 +156,11 @@ fn render_metrics(runtime: &Runtime) -> String {
             state: b.state_name(),
         }
     });
-    runtime.metrics().render(backends)
+    let turn = snap
+        .turn
+        .iter()
+        .map(|t| (t.url.url.as_str(), t.health.is_up()));
+    runtime.metrics().render(backends, turn)
 }
 
 fn get_only(method: &Method, f: impl FnOnce() -> Response<Body>) -> Response<Body> {
@@ -202,11 +206,15 @@ fn backend_json(m: &Member) -> serde_json::Value {
         "max_sessions": m.max_sessions,
         "healthy": b.is_up(),
         "drained": b.drained(),
-        "last_check": b.last_check().map(|c| json!({
-            "at": humantime::format_rfc3339_seconds(c.at).to_string(),
-            "result": if c.passed { "pass" } else { "fail" },
-            "detail": c.detail,
-        })),
+        "last_check": b.last_check().map(check_json),
+    })
+}
+
+fn check_json(c: CheckRecord) -> serde_json::Value {
+    json!({
+        "at": humantime::format_rfc3339_seconds(c.at).to_string(),
+        "result": if c.passed { "pass" } else { "fail" },
+        "detail": c.detail,
     })
 }
 
@@ -224,8 +232,20 @@ pub fn status(runtime: &Runtime, snap: &Snapshot) -> serde_json::Value {
         .collect();
     let reload = runtime.reload_status();
     let at = |t: std::time::SystemTime| humantime::format_rfc3339_seconds(t).to_string();
+    let turn: Vec<_> = snap
+        .turn
+        .iter()
+        .map(|t| {
+            json!({
+                "url": t.url.url,
+                "up": t.health.is_up(),
+                "last_check": t.health.last_check().map(check_json),
+            })
+        })
+        .collect();
     json!({
         "pools": pools,
+        "turn": turn,
         "config": snap.config.source.display().to_string(),
         "reload": {
             "last_ok": reload.last_ok.map(at),

@@ -122,7 +122,7 @@ async fn check_loop(
 }
 
 /// `interval` ± 10 %.
-fn jittered(interval: Duration) -> Duration {
+pub(super) fn jittered(interval: Duration) -> Duration {
     let mut b = [0u8; 2];
     let r = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
         .map_or(0.5, |_| {

@@ -5,9 +5,11 @@
 //! | [`runtime`] | [`runtime::Runtime`]: the first snapshot, admin states and drains, starting and stopping the rest |
 //! | [`reload`] | reloading the config, and its triggers: file watch, SIGHUP, the drain ticker |
 //! | [`health`] | active health checks, one task per backend |
+//! | [`turn_health`] | TURN servers' checks: STUN Binding (or TCP connect), one task per URL |
 //! | [`admin`] | the admin listener: metrics, status, the page, admin states, reload |
 
 pub mod admin;
 pub mod health;
 pub mod reload;
 pub mod runtime;
+pub mod turn_health;

@@ -67,6 +67,7 @@ impl Runtime {
         self.shared().publish(snap.clone());
         self.resize_connection_slots(max_connections);
         self.health.sync(&snap);
+        self.turn_health.sync(&snap);
         self.metrics()
             .config_reloads
             .with_label_values(&["ok"])

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, OnDown};
 use crate::control::health::HealthCheckers;
+use crate::control::turn_health::TurnCheckers;
 use crate::control::{admin, reload};
 use crate::metrics::{Metrics, TunnelEnd};
 use crate::state::backend::{AdminState, Backend};
@@ -42,6 +43,7 @@ pub struct Runtime {
     /// Backends by stable id, across snapshots.
     pub(super) registry: Registry,
     pub(super) health: HealthCheckers,
+    pub(super) turn_health: TurnCheckers,
     /// How many slots `shared.connection_slots` is meant to have (a reload may change it).
     slots: Mutex<usize>,
     /// Serialises reloads and the expiry of leaving backends; the last reload's outcome.
@@ -65,6 +67,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.stop.cancel();
         self.runtime.health.stop_all();
+        self.runtime.turn_health.stop_all();
     }
 }
 
@@ -79,6 +82,7 @@ impl Runtime {
             shared,
             registry,
             health: HealthCheckers::default(),
+            turn_health: TurnCheckers::default(),
             slots: Mutex::new(slots),
             reloading: Mutex::new(ReloadStatus {
                 last_ok: Some(SystemTime::now()),
@@ -97,6 +101,7 @@ impl Runtime {
             stop: stop.clone(),
         };
         self.health.sync(&self.snapshot());
+        self.turn_health.sync(&self.snapshot());
         reload::start(self.clone(), stop.clone());
         if let Some(admin) = admin {
             tracing::info!(addr = %admin.local_addr()?, "admin listening");

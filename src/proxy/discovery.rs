@@ -47,6 +47,7 @@ pub(super) fn answer<B>(
     shared: &Shared,
     req: &Request<B>,
     tls: bool,
+    ice_servers: Option<serde_json::Value>,
 ) -> Response<ResponseBody> {
     let cors = Cors::of(discovery, req.headers());
     let mut resp = match *req.method() {
@@ -55,7 +56,7 @@ pub(super) fn answer<B>(
             let json = wants_json(req.headers());
             let (pool, result) = discover(snap, discovery, shared, req, tls);
             let resp = match result {
-                Ok(found) => found.into_response(json),
+                Ok(found) => found.into_response(json, ice_servers),
                 Err(failure) => failure.into_response(json),
             };
             match pool {
@@ -102,14 +103,22 @@ struct Found {
 }
 
 impl Found {
-    fn into_response(self, json: bool) -> Response<ResponseBody> {
+    /// `ice_servers`: TURN credentials for the caller, in JSON answers.
+    fn into_response(
+        self,
+        json: bool,
+        ice_servers: Option<serde_json::Value>,
+    ) -> Response<ResponseBody> {
         let mut resp = if json {
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "url": self.url,
                 "pool": self.pool,
                 "backend": &*self.backend,
                 "expires": self.expires,
             });
+            if let Some(ice) = ice_servers {
+                body["iceServers"] = ice;
+            }
             respond(StatusCode::OK, body.to_string(), "application/json")
         } else {
             respond(StatusCode::OK, self.url, "text/plain; charset=utf-8")
@@ -157,7 +166,7 @@ fn respond(status: StatusCode, body: String, content_type: &'static str) -> Resp
 }
 
 /// Whether the caller asked for JSON.
-fn wants_json(headers: &HeaderMap) -> bool {
+pub(super) fn wants_json(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()

@@ -35,6 +35,7 @@ use crate::proxy::headers::{
 };
 use crate::proxy::pump;
 use crate::proxy::tunnel;
+use crate::proxy::turn;
 use crate::proxy::upstream::{Upstream, UpstreamLimits};
 use crate::state::backend::{Backend, Check, InFlight, Session};
 use crate::state::rooms::RoomTunnel;
@@ -48,6 +49,14 @@ use crate::sticky::{self, CookiePin};
 pub struct Handler {
     shared: Arc<Shared>,
     upstream: Arc<Upstream>,
+    /// Asks the forward-auth service of `[turn]`.
+    auth: turn::AuthClient,
+}
+
+/// The endpoints rtcgate answers itself on the public listeners.
+enum Own {
+    Discovery,
+    Turn,
 }
 
 impl Handler {
@@ -63,7 +72,11 @@ impl Handler {
                 sweeping.sweep(idle);
             }
         });
-        Arc::new(Handler { shared, upstream })
+        Arc::new(Handler {
+            shared,
+            upstream,
+            auth: turn::auth_client(),
+        })
     }
 
     /// Serves one client request.
@@ -83,9 +96,18 @@ impl Handler {
         let path = uri.path();
         let (access_log, result) = {
             let snap = self.shared.snapshot();
-            if let Some(d) = snap.config.discovery.as_ref().filter(|d| d.path == path) {
-                let resp = discovery::answer(&snap, d, &self.shared, &req, conn.tls);
-                if snap.config.log.access {
+            let c = &snap.config;
+            let own = if c.discovery.as_ref().is_some_and(|d| d.path == path) {
+                Some(Own::Discovery)
+            } else if c.turn.as_ref().is_some_and(|t| t.path == path) {
+                Some(Own::Turn)
+            } else {
+                None
+            };
+            if let Some(own) = own {
+                drop(snap);
+                let resp = self.answer_own(own, &req, conn).await;
+                if self.shared.snapshot().config.log.access {
                     tracing::info!(
                         target: "rtcgate::access",
                         client = %conn.peer,
@@ -133,6 +155,33 @@ impl Handler {
             );
         }
         resp
+    }
+
+    /// Answers a request for one of rtcgate's own endpoints (discovery, TURN credentials).
+    async fn answer_own(
+        &self,
+        own: Own,
+        req: &Request<Incoming>,
+        conn: &Arc<ConnInfo>,
+    ) -> Response<ResponseBody> {
+        // Kept across the auth service's answer: the whole snapshot, not a guard.
+        let snap = self.shared.snapshot_full();
+        match (own, &snap.config.discovery, &snap.config.turn) {
+            (Own::Turn, _, Some(t)) => {
+                turn::answer(&self.auth, &self.shared, &snap, t, req, conn).await
+            }
+            (Own::Discovery, Some(d), _) => {
+                let ice = match req.method() == http::Method::GET
+                    && discovery::wants_json(req.headers())
+                {
+                    true => turn::ice_servers(&self.auth, &self.shared, &snap, req, conn).await,
+                    false => None,
+                };
+                discovery::answer(&snap, d, &self.shared, req, conn.tls, ice)
+            }
+            // A reload turned it off meanwhile.
+            _ => ProxyError::NoRoute(String::new()).into_response(),
+        }
     }
 
     /// Chooses the backend for `req` from one snapshot (the guard ends with this call), and

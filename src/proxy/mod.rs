@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`handler`] | the request path: route → place → forward → respond; its one entry is [`handler::Handler::handle`] |
 //! | [`discovery`] | the connection-string endpoint: place, reserve, hand out a URL with a pin token |
+//! | [`turn`] | TURN REST credentials for trusted users, listing the TURN servers that are up |
 //! | [`conn`] | what a client connection carries for its requests: peer, forwarding parts, in-progress counters |
 //! | [`headers`] | header hygiene: hop-by-hop, forwarding headers, host and room; the backend's request |
 //! | [`error`] | what the client sees when rtcgate answers: 400 / 404 / 502 / 503 / 504 |
@@ -26,4 +27,5 @@ pub mod handler;
 pub mod headers;
 pub mod pump;
 pub mod tunnel;
+pub mod turn;
 pub mod upstream;

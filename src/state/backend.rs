@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::OnDown;
 use crate::metrics::{BackendMetrics, Metrics, TunnelEnd};
+pub use crate::state::health::CheckRecord;
+use crate::state::health::RiseFall;
 
 /// What an operator has asked of a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,7 +39,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Its metric handles, resolved once.
     pub metrics: BackendMetrics,
-    up: AtomicBool,
+    health: RiseFall,
     admin: AtomicU8,
     /// Open tunnels.
     sessions: AtomicU32,
@@ -46,11 +48,6 @@ pub struct Backend {
     /// Slots handed out by discovery whose client has not arrived (`reservations.rs` holds
     /// them).
     reserved: AtomicU32,
-    /// Consecutive passing and failing checks (active probes and passive failures alike).
-    passes: AtomicU32,
-    fails: AtomicU32,
-    /// The last active check, for `/status`.
-    last_check: Mutex<Option<CheckRecord>>,
     /// Fired to close every open tunnel; replaced after use.
     tunnels_stop: Mutex<Arc<TunnelsStop>>,
     /// Bumped whenever the admin state changes, so a pending drain timer can tell it is stale.
@@ -116,15 +113,6 @@ pub enum Check<'a> {
     Failed(&'a dyn fmt::Display),
 }
 
-/// The outcome of one active health check.
-#[derive(Debug, Clone)]
-pub struct CheckRecord {
-    pub at: SystemTime,
-    pub passed: bool,
-    /// What the probe saw: a status line, or the error.
-    pub detail: String,
-}
-
 impl Backend {
     pub fn new(pool: &str, id: &str, addr: SocketAddr, metrics: &Metrics) -> Arc<Backend> {
         Arc::new(Backend {
@@ -133,14 +121,11 @@ impl Backend {
             addr,
             metrics: metrics.backend(pool, id),
             // Optimistic start, as HAProxy does: the first health check runs at once.
-            up: AtomicBool::new(true),
+            health: RiseFall::new(true),
             admin: AtomicU8::new(AdminState::Enabled as u8),
             sessions: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
             reserved: AtomicU32::new(0),
-            passes: AtomicU32::new(0),
-            fails: AtomicU32::new(0),
-            last_check: Mutex::new(None),
             tunnels_stop: Mutex::default(),
             admin_generation: AtomicU64::new(0),
             removed: AtomicBool::new(false),
@@ -151,11 +136,11 @@ impl Backend {
     }
 
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.health.is_up()
     }
 
     pub fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
+        self.health.set_up(up);
     }
 
     pub fn admin(&self) -> AdminState {
@@ -292,26 +277,14 @@ impl Backend {
         flipped
     }
 
-    /// Counts one result; returns the new health when it flipped.
+    /// Counts one result (active probes and passive failures alike); returns the new health
+    /// when it flipped.
     fn count(&self, passed: bool, rise: u32, fall: u32) -> Option<bool> {
-        let up = self.is_up();
-        if passed {
-            self.fails.store(0, Ordering::Relaxed);
-            let n = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
-            if !up && n >= rise {
-                self.set_up(true);
-                self.came_up_at(Instant::now());
-                return Some(true);
-            }
-        } else {
-            self.passes.store(0, Ordering::Relaxed);
-            let n = self.fails.fetch_add(1, Ordering::Relaxed) + 1;
-            if up && n >= fall {
-                self.set_up(false);
-                return Some(false);
-            }
+        let flipped = self.health.count(passed, rise, fall);
+        if flipped == Some(true) {
+            self.came_up_at(Instant::now());
         }
-        None
+        flipped
     }
 
     /// Its state as `/status` and the metrics name it: maintenance, else health, else draining.
@@ -325,14 +298,11 @@ impl Backend {
     }
 
     fn set_last_check(&self, record: CheckRecord) {
-        *self.last_check.lock().unwrap_or_else(|e| e.into_inner()) = Some(record);
+        self.health.set_last_check(record);
     }
 
     pub fn last_check(&self) -> Option<CheckRecord> {
-        self.last_check
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.health.last_check()
     }
 
     /// What a new tunnel of this backend waits on: it fires, with a reason, when this

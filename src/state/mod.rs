@@ -2,10 +2,12 @@
 //!
 //! | file | owns |
 //! |---|---|
+//! | [`health`] | up or down by rise and fall, and the last check: backends' and TURN servers' |
 //! | [`backend`] | one backend's runtime state: health, admin state, counters and their guards |
 //! | [`registry`] | backends by (pool, id, address), carried across reloads; removed ones drain |
 //! | [`rooms`] | live rooms: which backend holds each room's open tunnels |
 //! | [`reservations`] | slots discovery handed out, until their client arrives or they lapse |
+//! | [`turn`] | TURN servers' health and the forward-auth service's recent answers |
 //! | [`snapshot`] | the immutable, config-derived view: pools, members, routing, keys, TLS |
 //!
 //! [`Shared`] is the one value the data path and the control plane both hold: the snapshot
@@ -14,10 +16,12 @@
 //! ones and resizes the slots.
 
 pub mod backend;
+pub mod health;
 pub mod registry;
 pub mod reservations;
 pub mod rooms;
 pub mod snapshot;
+pub mod turn;
 
 use std::sync::Arc;
 
@@ -29,12 +33,15 @@ use crate::metrics::Metrics;
 use crate::state::reservations::Reservations;
 use crate::state::rooms::LiveRooms;
 use crate::state::snapshot::Snapshot;
+use crate::state::turn::AuthCache;
 
 /// The state both planes share.
 pub struct Shared {
     snapshot: ArcSwap<Snapshot>,
     pub rooms: Arc<LiveRooms>,
     pub reservations: Reservations,
+    /// The forward-auth service's recent answers (TURN credentials).
+    pub turn_auth: AuthCache,
     pub metrics: Arc<Metrics>,
     /// Client connections and the tunnels they became, which shutdown waits for.
     pub tasks: TaskTracker,
@@ -56,6 +63,7 @@ impl Shared {
             snapshot: ArcSwap::from_pointee(snapshot),
             rooms: Arc::default(),
             reservations: Reservations::default(),
+            turn_auth: AuthCache::default(),
             metrics,
             tasks: TaskTracker::new(),
             connection_slots: Arc::new(Semaphore::new(slots)),

@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::config::TurnUrl;
 use crate::metrics::{Metrics, TunnelEnd};
 use crate::state::backend::Backend;
+use crate::state::turn::TurnServer;
 
 type Key = (String, String, SocketAddr);
 
@@ -59,6 +61,8 @@ struct Backends {
 /// Backends by (pool, id, address), outliving snapshots, and the metrics they report to.
 pub struct Registry {
     backends: Mutex<Backends>,
+    /// TURN servers by URL.
+    turn: Mutex<HashMap<String, Arc<TurnServer>>>,
     /// The first configuration was applied: backends added from now on slow-start.
     started: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
@@ -80,6 +84,7 @@ impl Registry {
     pub fn new(metrics: Arc<Metrics>) -> Registry {
         Registry {
             backends: Mutex::new(Backends::default()),
+            turn: Mutex::default(),
             started: std::sync::atomic::AtomicBool::new(false),
             metrics,
         }
@@ -87,6 +92,24 @@ impl Registry {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The TURN servers of `urls`, in order: those already known keep their health; the
+    /// others are new, and servers no longer listed are forgotten.
+    pub fn turn_servers(&self, urls: &[TurnUrl]) -> Vec<Arc<TurnServer>> {
+        let mut known = self.turn.lock().unwrap_or_else(|e| e.into_inner());
+        let servers: Vec<Arc<TurnServer>> = urls
+            .iter()
+            .map(|u| match known.get(&u.url) {
+                Some(s) if s.url == *u => s.clone(),
+                _ => Arc::new(TurnServer::new(u.clone())),
+            })
+            .collect();
+        *known = servers
+            .iter()
+            .map(|s| (s.url.url.clone(), s.clone()))
+            .collect();
+        servers
     }
 
     /// Makes the registry list exactly `wanted`, reusing the state of backends that stay (or

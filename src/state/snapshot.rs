@@ -18,6 +18,7 @@ use crate::metrics::PoolMetrics;
 use crate::settings::http::HttpBuilders;
 use crate::state::backend::Backend;
 use crate::state::registry::{Registry, Wanted};
+use crate::state::turn::TurnServer;
 use crate::sticky::{PinCache, StickyCookie};
 
 /// A backend as one snapshot lists it: shared runtime state plus this config's settings for it.
@@ -91,6 +92,8 @@ pub struct Snapshot {
     /// HTTP server settings from `[limits]`, for new connections.
     pub http: Arc<HttpBuilders>,
     pub sticky: StickyCookie,
+    /// The TURN servers of `[turn]`, when it is on.
+    pub turn: Vec<Arc<TurnServer>>,
     pub pools: Vec<Pool>,
     router: Router,
 }
@@ -161,7 +164,9 @@ impl Snapshot {
             })
             .collect();
         let router = Router::new(&config.pools);
+        let turn = registry.turn_servers(config.turn.as_ref().map_or(&[][..], |t| &t.urls));
         Snapshot {
+            turn,
             http: Arc::new(HttpBuilders::new(&config.limits)),
             sticky,
             config: Arc::new(config),

@@ -8,6 +8,7 @@
 //! dropped.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +29,8 @@ pub struct Coturn {
     pub addr: SocketAddr,
     /// Its `static-auth-secret`.
     pub secret: String,
+    /// The ports of its relayed addresses (on 127.0.0.1, its relay ip).
+    pub relay: RangeInclusive<u16>,
     child: Child,
     dir: tempfile::TempDir,
 }
@@ -80,6 +83,7 @@ impl Coturn {
         let mut coturn = Coturn {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             secret,
+            relay: relay..=relay + 100,
             child,
             dir,
         };

@@ -336,20 +336,60 @@ where
 /// How long the aiortc client may take: start, negotiate, and receive its frames.
 pub const ECHO_MEDIA: Duration = Duration::from_secs(60);
 
-/// What `janus_echo.py` saw: the echoed frames, the instance, and the ICE pair media used.
+/// How long the aiortc client waits for Janus's answer, and then for its frames, before it
+/// gives up.
+pub const ECHO_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What `janus_echo.py` saw when ICE connected: the echoed frames, the instance, the types of
+/// the local candidates it offered, and the ICE pair media used, with the type of each
+/// candidate (`host`, `srflx`, `prflx` or `relay`).
 #[derive(Debug)]
 pub struct EchoedMedia {
     pub frames: u64,
     pub server: String,
+    pub gathered: Vec<String>,
     pub protocol: String,
     pub local: SocketAddr,
+    pub local_type: String,
     pub remote: SocketAddr,
+    pub remote_type: String,
+}
+
+/// What `janus_echo.py` saw when ICE nominated no pair: no media went anywhere. `gathered` are
+/// the types of the local candidates it offered (none when a relay-only peer got no TURN
+/// allocation: then the script gives up at once), `state` the peer connection's state at the
+/// end (`failed`, `connecting` at its timeout, `new` when there was no candidate); `output` is
+/// the script's stdout and stderr, for messages.
+#[derive(Debug)]
+pub struct NoMedia {
+    pub frames: u64,
+    pub server: String,
+    pub gathered: Vec<String>,
+    pub state: String,
+    pub output: String,
 }
 
 /// Runs the aiortc client of `janus_echo.py` against `url` (a WebSocket URL through rtcgate,
 /// TLS checked against `ca` for the name `localhost`), asking for `frames` echoed frames.
-/// `None` when aiortc is not installed (which fails the test under `CI=true`).
+/// `None` when aiortc is not installed (which fails the test under `CI=true`); panics when
+/// ICE connected no pair (see [`echo_media_with`] to expect that).
 pub async fn echo_media(url: &str, ca: &Path, frames: u32) -> Option<EchoedMedia> {
+    let seen = echo_media_with(url, ca, frames, None, false).await?;
+    Some(seen.unwrap_or_else(|no| panic!("janus_echo.py: no ICE pair: {no:?}")))
+}
+
+/// [`echo_media`] with `ice_servers` for the peer connection (a JSON list of RTCPeerConnection
+/// iceServers, `{"urls": [...], "username": ..., "credential": ...}`, as a browser gets them)
+/// and, with `relay_only`, iceTransportPolicy `relay`: only relayed (TURN) candidates. `Err`
+/// when ICE nominated no pair: the script gives up at once when it has no local candidate or
+/// the connection fails, and [`ECHO_TIMEOUT`] after Janus's answer at the latest.
+pub async fn echo_media_with(
+    url: &str,
+    ca: &Path,
+    frames: u32,
+    ice_servers: Option<&Value>,
+    relay_only: bool,
+) -> Option<Result<EchoedMedia, NoMedia>> {
     let has_aiortc = tokio::process::Command::new("python3")
         .args(["-c", "import aiortc, websockets"])
         .stdout(Stdio::null())
@@ -363,42 +403,66 @@ pub async fn echo_media(url: &str, ca: &Path, frames: u32) -> Option<EchoedMedia
         return None;
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/janus_echo.py");
-    let run = tokio::process::Command::new("python3")
-        .arg(&script)
+    let mut cmd = tokio::process::Command::new("python3");
+    cmd.arg(&script)
         .arg(url)
         .arg("--ca")
         .arg(ca)
         .args(["--server-name", "localhost"])
         .arg("--frames")
         .arg(frames.to_string())
-        .args(["--timeout", "20"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
+        .arg("--timeout")
+        .arg(ECHO_TIMEOUT.as_secs().to_string());
+    if let Some(servers) = ice_servers {
+        cmd.arg("--ice-servers").arg(servers.to_string());
+    }
+    if relay_only {
+        cmd.arg("--relay-only");
+    }
+    let run = cmd.stdin(Stdio::null()).kill_on_drop(true).output();
     let out = tokio::time::timeout(ECHO_MEDIA, run)
         .await
         .unwrap_or_else(|_| panic!("janus_echo.py: no result within {ECHO_MEDIA:?}"))
         .expect("run janus_echo.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let output = format!(
+        "{} ({}):\n{stdout}\n{}",
+        script.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let line = stdout.lines().last().unwrap_or_default();
-    let seen: Value = serde_json::from_str(line).unwrap_or_else(|e| {
-        panic!(
-            "janus_echo.py ({}): {e}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let seen: Value =
+        serde_json::from_str(line).unwrap_or_else(|e| panic!("no JSON line: {e}\n{output}"));
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    let (frames, server) = (seen["frames"].as_u64().unwrap_or(0), text(&seen["server"]));
+    let gathered = seen["gathered"]
+        .as_array()
+        .map(|types| types.iter().map(text).collect())
+        .unwrap_or_default();
     let pair = &seen["pair"];
+    if pair.is_null() {
+        return Some(Err(NoMedia {
+            frames,
+            server,
+            gathered,
+            state: text(&seen["state"]),
+            output,
+        }));
+    }
     let addr = |v: &Value| -> SocketAddr {
         v.as_str()
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no ICE pair in {seen}"))
+            .unwrap_or_else(|| panic!("no address in the ICE pair {pair}\n{output}"))
     };
-    Some(EchoedMedia {
-        frames: seen["frames"].as_u64().unwrap_or(0),
-        server: seen["server"].as_str().unwrap_or_default().to_string(),
-        protocol: pair["protocol"].as_str().unwrap_or_default().to_string(),
+    Some(Ok(EchoedMedia {
+        frames,
+        server,
+        gathered,
+        protocol: text(&pair["protocol"]),
         local: addr(&pair["local"]),
+        local_type: text(&pair["local_type"]),
         remote: addr(&pair["remote"]),
-    })
+        remote_type: text(&pair["remote_type"]),
+    }))
 }

@@ -1,0 +1,164 @@
+//! TURN servers' health: a STUN Binding request over UDP to each `turn:`/`stun:` URL (a TCP
+//! connect for `turns:` and `?transport=tcp` ones) every `[turn.health] interval`, counted by
+//! rise and fall as backends are. Only servers that are up are handed to clients (`proxy::turn`).
+//!
+//! [`TurnCheckers::sync`] makes the running checkers match a snapshot, one per URL.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio::net::{TcpStream, UdpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{HealthConfig, TurnUrl};
+use crate::control::health::jittered;
+use crate::state::health::CheckRecord;
+use crate::state::snapshot::Snapshot;
+use crate::state::turn::TurnServer;
+
+/// STUN's magic cookie (RFC 5389 §6).
+const MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
+const BINDING_SUCCESS: [u8; 2] = [0x01, 0x01];
+
+struct Running {
+    server: Arc<TurnServer>,
+    config: HealthConfig,
+    stop: CancellationToken,
+}
+
+/// One checker task per TURN URL of the current snapshot.
+#[derive(Default)]
+pub struct TurnCheckers {
+    running: Mutex<HashMap<String, Running>>,
+}
+
+impl TurnCheckers {
+    /// Starts, keeps or stops checkers so that exactly the TURN servers of `snap` are checked.
+    pub fn sync(&self, snap: &Snapshot) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::new();
+        let config = snap.config.turn.as_ref().map(|t| &t.health);
+        for server in config.map_or(&[][..], |_| &snap.turn[..]) {
+            let Some(config) = config.cloned() else { break };
+            let key = server.url.url.clone();
+            match running.remove(&key) {
+                Some(r) if Arc::ptr_eq(&r.server, server) && r.config == config => {
+                    next.insert(key, r);
+                }
+                old => {
+                    if let Some(old) = old {
+                        old.stop.cancel();
+                    }
+                    let stop = CancellationToken::new();
+                    tokio::spawn(check_loop(server.clone(), config.clone(), stop.clone()));
+                    next.insert(
+                        key,
+                        Running {
+                            server: server.clone(),
+                            config,
+                            stop,
+                        },
+                    );
+                }
+            }
+        }
+        for (_, gone) in running.drain() {
+            gone.stop.cancel();
+        }
+        *running = next;
+    }
+
+    /// Stops every checker.
+    pub fn stop_all(&self) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, r) in running.drain() {
+            r.stop.cancel();
+        }
+    }
+}
+
+async fn check_loop(server: Arc<TurnServer>, config: HealthConfig, stop: CancellationToken) {
+    loop {
+        let result = tokio::select! {
+            r = tokio::time::timeout(config.timeout, probe(&server.url)) => {
+                r.unwrap_or_else(|_| Err(format!("no answer within {:?}", config.timeout)))
+            }
+            _ = stop.cancelled() => return,
+        };
+        let passed = result.is_ok();
+        let detail = result.unwrap_or_else(|e| e);
+        match server.health.count(passed, config.rise, config.fall) {
+            Some(true) => tracing::info!(url = %server.url.url, %detail, "TURN server is up"),
+            Some(false) => tracing::warn!(url = %server.url.url, %detail, "TURN server is down"),
+            None => {}
+        }
+        server.health.set_last_check(CheckRecord {
+            at: SystemTime::now(),
+            passed,
+            detail,
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(jittered(config.interval)) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
+/// One probe: `Ok` and `Err` both say what was seen.
+async fn probe(url: &TurnUrl) -> Result<String, String> {
+    let addr: SocketAddr = tokio::net::lookup_host((url.host.as_str(), url.port))
+        .await
+        .map_err(|e| format!("resolve {}: {e}", url.host))?
+        .next()
+        .ok_or_else(|| format!("{} resolves to no address", url.host))?;
+    if url.tcp {
+        TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        return Ok("TCP connect".into());
+    }
+    stun_binding(addr).await
+}
+
+/// A STUN Binding request to `addr`, answered by a Binding success with its transaction id.
+async fn stun_binding(addr: SocketAddr) -> Result<String, String> {
+    let local: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("bind: {e}"))?;
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut request = [0u8; 20];
+    request[..2].copy_from_slice(&BINDING_REQUEST);
+    request[4..8].copy_from_slice(&MAGIC);
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut request[8..20])
+        .map_err(|_| "no random transaction id".to_string())?;
+    socket
+        .send(&request)
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut buf = [0u8; 548];
+    // Bounded by the caller's timeout; a stray datagram is skipped.
+    loop {
+        let n = socket
+            .recv(&mut buf)
+            .await
+            .map_err(|e| format!("STUN: {e}"))?;
+        if n >= 20 && buf[4..20] == request[4..20] {
+            return if buf[..2] == BINDING_SUCCESS {
+                Ok("STUN Binding success".into())
+            } else {
+                Err(format!("STUN answer type {:02x}{:02x}", buf[0], buf[1]))
+            };
+        }
+    }
+}
