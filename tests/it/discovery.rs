@@ -511,38 +511,27 @@ const CALLER_PAGE: &str = r#"<!doctype html><title>caller</title><script>
 </script>"#;
 
 /// Serves [`CALLER_PAGE`] at `/` and sends each `/report` query down the channel.
-async fn caller_origin(
-    listener: tokio::net::TcpListener,
+fn caller_origin(
     page: String,
     reports: tokio::sync::mpsc::UnboundedSender<String>,
-) {
-    use hyper::service::service_fn;
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            return;
+) -> impl Fn(
+    http::Request<hyper::body::Incoming>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>>
+       + Clone {
+    move |req| {
+        let body = match req.uri().path() {
+            "/report" => {
+                let _ = reports.send(req.uri().query().unwrap_or("").to_string());
+                String::new()
+            }
+            _ => page.clone(),
         };
-        let (page, reports) = (page.clone(), reports.clone());
-        tokio::spawn(async move {
-            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let (page, reports) = (page.clone(), reports.clone());
-                async move {
-                    let body = match req.uri().path() {
-                        "/report" => {
-                            let _ = reports.send(req.uri().query().unwrap_or("").to_string());
-                            String::new()
-                        }
-                        _ => page,
-                    };
-                    http::Response::builder()
-                        .header("content-type", "text/html; charset=utf-8")
-                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(tcp);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
+        let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+        resp.headers_mut().insert(
+            "content-type",
+            http::HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        resp
     }
 }
 
@@ -568,7 +557,7 @@ async fn a_page_on_another_origin_calls_the_endpoint_and_opens_its_websocket() {
         &format!("http://localhost:{}{PATH}", proxy.http.port()),
     );
     let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let server = tokio::spawn(caller_origin(page_listener, page, tx));
+    let server = tokio::spawn(serve_fn(page_listener, caller_origin(page, tx)));
     let profile = tempfile::tempdir().expect("profile");
     let Some(mut browser) = chromium(profile.path(), &[&format!("{origin}/")]) else {
         server.abort();

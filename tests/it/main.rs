@@ -18,4 +18,5 @@ mod machine;
 mod reload;
 mod sticky;
 mod turn;
+mod turn_credentials;
 mod websocket;

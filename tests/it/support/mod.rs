@@ -194,3 +194,32 @@ pub async fn metrics(proxy: &TestProxy) -> String {
         .starts_with("text/plain"));
     r.text()
 }
+
+/// A small HTTP/1.1 server on `listener` answering each request with `answer` (an auth service,
+/// a page of another origin). Runs until its task is aborted.
+pub async fn serve_fn<F>(listener: TcpListener, answer: F)
+where
+    F: Fn(
+            http::Request<hyper::body::Incoming>,
+        ) -> http::Response<http_body_util::Full<bytes::Bytes>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let resp = answer(req);
+                async move { Ok::<_, std::convert::Infallible>(resp) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+        });
+    }
+}
