@@ -733,32 +733,3 @@ fn turn_url(url: &str) -> Option<TurnUrl> {
         tcp: tls || transport == Some("tcp"),
     })
 }
-
-#[cfg(test)]
-mod turn_url_tests {
-    use super::turn_url;
-
-    #[test]
-    fn turn_and_stun_urls_parse_with_their_default_ports() {
-        let u = turn_url("turn:turn.example.com?transport=udp").expect("parses");
-        assert_eq!(
-            (u.host.as_str(), u.port, u.tcp),
-            ("turn.example.com", 3478, false)
-        );
-        let u = turn_url("turns:turn.example.com:443?transport=tcp").expect("parses");
-        assert_eq!((u.port, u.tcp), (443, true));
-        assert_eq!(turn_url("turns:t.example.com").map(|u| u.port), Some(5349));
-        let u = turn_url("stun:[::1]:3479").expect("parses");
-        assert_eq!((u.host.as_str(), u.port), ("::1", 3479));
-        for bad in [
-            "http://x",
-            "turn:",
-            "turn:x:0",
-            "turn:x?transport=sctp",
-            "stun:x?transport=udp",
-            "turns:x?transport=udp",
-        ] {
-            assert!(turn_url(bad).is_none(), "{bad}");
-        }
-    }
-}

@@ -236,3 +236,76 @@ fn the_shipped_examples_are_valid() {
     }
     assert!(checked >= 1, "no example in {}", dir.display());
 }
+
+#[test]
+fn turn_and_discovery_settings_are_checked_with_their_keys() {
+    let (certs, text) = good();
+    let turn = |urls: &str| {
+        format!("{text}\n[turn]\npath = \"/turn\"\nsecret = \"a-turn-secret-0123456789\"\nurls = [{urls}]\n")
+    };
+    let c = load(
+        certs.dir.path(),
+        &turn("\"turn:turn.example.com?transport=udp\", \"turns:t.example.com\", \"turn:[::1]:3479?transport=tcp\", \"stun:s.example.com:19302\""),
+    )
+    .expect("good TURN URLs");
+    let urls = c.turn.expect("[turn] on").urls;
+    let seen: Vec<(&str, u16, bool)> = urls
+        .iter()
+        .map(|u| (u.host.as_str(), u.port, u.tcp))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("turn.example.com", 3478, false),
+            ("t.example.com", 5349, true),
+            ("::1", 3479, true),
+            ("s.example.com", 19302, false)
+        ]
+    );
+    for bad in [
+        "http://x",
+        "turn:",
+        "turn:x:0",
+        "turn:x?transport=sctp",
+        "stun:x?transport=udp",
+        "turns:x?transport=udp",
+    ] {
+        let err = load(certs.dir.path(), &turn(&format!("\"{bad}\""))).expect_err(bad);
+        assert!(err.contains("turn.urls[0]"), "{bad}: {err}");
+    }
+    let short =
+        text.clone() + "\n[turn]\npath = \"/turn\"\nsecret = \"short\"\nurls = [\"stun:x\"]\n";
+    assert!(load(certs.dir.path(), &short)
+        .expect_err("short")
+        .contains("turn.secret"));
+    let forward = turn("\"stun:x\"") + "auth = \"forward\"\n";
+    assert!(load(certs.dir.path(), &forward)
+        .expect_err("no url")
+        .contains("turn.auth_url"));
+    let debug = format!(
+        "{:?}",
+        load(certs.dir.path(), &turn("\"stun:x\""))
+            .expect("good")
+            .turn
+    );
+    assert!(
+        !debug.contains("a-turn-secret"),
+        "Debug shows the secret: {debug}"
+    );
+    for (lines, key) in [
+        ("path = \"rtcloadbalance\"", "discovery.path"),
+        (
+            "path = \"/x\"\ncors_origins = [\"app.example.com\"]",
+            "discovery.cors_origins[0]",
+        ),
+        (
+            "path = \"/x\"\npublic_host = \"a b\"",
+            "discovery.public_host",
+        ),
+        ("path = \"/x\"\nmode = \"direct\"", "pools.media.backends"),
+    ] {
+        let err =
+            load(certs.dir.path(), &format!("{text}\n[discovery]\n{lines}\n")).expect_err(key);
+        assert!(err.contains(key), "{key}: {err}");
+    }
+}
