@@ -1,8 +1,8 @@
-//! TURN beside rtcgate: a real coturn with the TURN REST scheme (`use-auth-secret`), the server
-//! whose credentials rtcgate is to mint (issue 20). Here, the harness: coturn allocates for
-//! credentials made from its secret, and refuses a wrong password and expired credentials; and
-//! a real WebRTC peer (aiortc, relay candidates only) reaches a real Janus through it, with
-//! signalling through rtcgate.
+//! TURN beside rtcgate: a real coturn with the TURN REST scheme (`use-auth-secret`). The
+//! harness: coturn allocates for credentials made from its secret, and refuses a wrong password
+//! and expired credentials. The whole path: a real WebRTC peer (aiortc, relay candidates only)
+//! asks rtcgate's discovery endpoint for its URL and TURN credentials, signals through rtcgate
+//! and reaches a real Janus through coturn. (What rtcgate mints, for whom: `turn_credentials.rs`.)
 //! Skipped with a note where coturn (for the peer, Janus and aiortc too) is not installed;
 //! required under `CI=true`.
 
@@ -29,7 +29,7 @@ async fn coturn_allocates_for_rest_credentials_and_refuses_others() {
 }
 
 /// Media through the relay only: an aiortc peer with iceTransportPolicy `relay` and the
-/// iceServers a browser would get (coturn, REST credentials) negotiates with Janus's echotest
+/// iceServers rtcgate's discovery answer gives it (coturn, REST credentials minted by rtcgate) negotiates with Janus's echotest
 /// through rtcgate; its only candidate is coturn's relayed address, so the echoed frames went
 /// peer -> coturn -> Janus and back. Janus is told nothing of TURN: its host candidates on
 /// loopback are the relay's peers. With a wrong credential coturn allocates nothing, the peer
@@ -44,17 +44,37 @@ async fn a_relay_only_peer_reaches_janus_through_coturn() {
         return;
     };
     let janus = &pool[0];
-    let proxy = spawn_proxy(&janus_config(&pool)).await;
-    let url = format!("wss://127.0.0.1:{}/?room=relayed", proxy.https.port());
+    // rtcgate hands out both: the discovery call answers the WebSocket URL (with its pin
+    // token) and, with `[turn]` on, the relay credentials it minted with coturn's secret.
+    let toml = format!(
+        "{}\n[discovery]\npath = \"/rtcloadbalance\"\n\n[turn]\npath = \"/rtcgate/turn\"\nsecret = \"{}\"\nurls = [\"turn:127.0.0.1:{}?transport=udp\"]\n",
+        janus_config(&pool),
+        turn.secret,
+        turn.addr.port()
+    );
+    let proxy = spawn_proxy(&toml).await;
+    let mut c = proxy.h1().await;
+    let req = c
+        .request("GET", "/rtcloadbalance?room=relayed")
+        .header("accept", "application/json")
+        .body(empty())
+        .expect("request");
+    let answer = c.fetch(req).await.json();
+    let url = answer["url"].as_str().expect("a URL").to_string();
     let ca = proxy.certs.dir.path().join("cert.pem");
+    let minted = answer["iceServers"].clone();
+    let ice = &minted[0];
+    let (user, password) = (
+        ice["username"].as_str().expect("username").to_string(),
+        ice["credential"].as_str().expect("credential").to_string(),
+    );
     let ice_servers = |username: &str, credential: &str| {
         serde_json::json!([{
-            "urls": [format!("turn:127.0.0.1:{}?transport=udp", turn.addr.port())],
+            "urls": ice["urls"],
             "username": username,
             "credential": credential,
         }])
     };
-    let (user, password) = turn.credentials("alice", 3600);
 
     let started = std::time::Instant::now();
     let Some(relayed) =

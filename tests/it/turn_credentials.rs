@@ -219,7 +219,7 @@ async fn forward_auth_asks_with_the_clients_cookie_and_refuses_what_it_refuses()
     };
     let server = tokio::spawn(serve_fn(listener, service));
     let lines =
-        format!("auth = \"forward\"\nauth_url = \"http://{auth_addr}/auth\"\nauth_cache = \"1h\"");
+        format!("auth = \"forward\"\nauth_url = \"http://{auth_addr}/auth\"\nauth_cache = \"1h\"\nauth_timeout = \"10s\"");
     let proxy = spawn_proxy(&turn_config(
         &backends,
         "a-turn-secret-0123456789",
@@ -297,7 +297,8 @@ async fn a_stopped_turn_server_drops_out_of_the_answer() {
         udp_url(&a),
         format!("turn:127.0.0.1:{}?transport=tcp", b.addr.port()),
     );
-    let lines = "auth = \"none\"\n[turn.health]\ninterval = \"300ms\"\ntimeout = \"200ms\"\nfall = 2\nrise = 1";
+    let lines =
+        "auth = \"none\"\n[turn.health]\ninterval = \"1s\"\ntimeout = \"1s\"\nfall = 2\nrise = 1";
     let proxy = spawn_proxy(&turn_config(
         &backends,
         &a.secret,
