@@ -42,7 +42,15 @@ pub fn eligible(m: &Member) -> bool {
 /// [`eligible`], ignoring health when `fail_open`.
 fn eligible_in(m: &Member, fail_open: bool) -> bool {
     let b = &m.backend;
-    (fail_open || b.is_up()) && b.admin() == AdminState::Enabled && b.claimed() < m.max_sessions
+    (fail_open || b.is_up())
+        && b.admin() == AdminState::Enabled
+        && b.claimed() < m.max_sessions
+        && b.agent_weight() > 0
+}
+
+/// Whether a backend can take a room it does not hold yet: below its `max_rooms`, if any.
+pub fn takes_new_room(m: &Member) -> bool {
+    m.max_rooms == 0 || m.backend.rooms() < m.max_rooms
 }
 
 /// Whether every backend not in maintenance is failing its health checks. Placement then fails
@@ -208,13 +216,14 @@ fn least_loaded_in<'a>(pool: &'a Pool, skip: Option<&str>, fail_open: bool) -> O
     // Slow start: a backend that came up lately counts with a share of its weight that grows
     // over `slow_start` (in thousandths; the clock is read only when slow start is on).
     let slow_start = pool.config.slow_start;
+    // The backend's agent may report a share of its weight (HAProxy's `NN%`).
     let weight = |m: &Member| {
         let ramp = if slow_start.is_zero() {
             1000
         } else {
             m.backend.ramp(slow_start)
         };
-        u64::from(m.weight) * ramp
+        u64::from(m.weight) * ramp * u64::from(m.backend.agent_weight())
     };
     let mut best: Option<(&Member, u64, u64)> = None;
     for i in 0..n {
@@ -230,6 +239,53 @@ fn least_loaded_in<'a>(pool: &'a Pool, skip: Option<&str>, fail_open: bool) -> O
         }
     }
     best.map(|(m, _, _)| m)
+}
+
+/// How much of a pool is free, over the backends that take new users (up, enabled, not
+/// weighted to nothing by their agent).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Headroom {
+    /// Their sessions at most, and counted.
+    pub capacity: u64,
+    pub sessions: u64,
+    /// Their rooms at most, where every one caps rooms, and live.
+    pub room_capacity: Option<u64>,
+    pub rooms: u64,
+    /// The free share of sessions, or of rooms where rooms are capped, whichever is less:
+    /// 0 when nothing takes new users.
+    pub share: f64,
+}
+
+pub fn headroom(pool: &Pool) -> Headroom {
+    let taking = pool.members.iter().filter(|m| {
+        let b = &m.backend;
+        b.is_up() && b.admin() == AdminState::Enabled && b.agent_weight() > 0
+    });
+    let (mut capacity, mut sessions, mut room_capacity, mut rooms, mut all_capped) =
+        (0u64, 0u64, 0u64, 0u64, true);
+    for m in taking {
+        capacity += u64::from(m.max_sessions);
+        sessions += u64::from(m.backend.claimed().min(m.max_sessions));
+        all_capped &= m.max_rooms > 0;
+        room_capacity += u64::from(m.max_rooms);
+        rooms += u64::from(m.backend.rooms().min(m.max_rooms));
+    }
+    let free = |cap: u64, used: u64| match cap {
+        0 => 0.0,
+        cap => (cap - used.min(cap)) as f64 / cap as f64,
+    };
+    let room_capacity = (all_capped && capacity > 0).then_some(room_capacity);
+    let mut share = free(capacity, sessions);
+    if let Some(rc) = room_capacity {
+        share = share.min(free(rc, rooms));
+    }
+    Headroom {
+        capacity,
+        sessions,
+        room_capacity,
+        rooms,
+        share,
+    }
 }
 
 /// Full when backends are serving but none can take a new pin; otherwise nothing is up.
@@ -259,7 +315,16 @@ fn room_backend<'a>(
         None if all_down(pool) => room_backend_in(pool, room, pinned, skip, true),
         found => found,
     }
-    .ok_or_else(|| no_room_reason(pool))
+    .ok_or_else(|| {
+        // Backends that could take a user, every one at its room cap: the rooms are full.
+        let could = |m: &&Member| eligible(m) && skip.is_none_or(|s| *m.backend.id != *s);
+        let mut could_take = pool.members.iter().filter(could).peekable();
+        if could_take.peek().is_some() && could_take.all(|m| !takes_new_room(m)) {
+            Rejection::RoomsFull
+        } else {
+            no_room_reason(pool)
+        }
+    })
 }
 
 fn room_backend_in<'a>(
@@ -269,8 +334,10 @@ fn room_backend_in<'a>(
     skip: Option<&str>,
     fail_open: bool,
 ) -> Option<&'a Member> {
-    let eligible =
-        |m: &Member| eligible_in(m, fail_open) && skip.is_none_or(|s| *m.backend.id != *s);
+    // A new room goes only where rooms are not at their cap, the user's own pin included.
+    let eligible = |m: &Member| {
+        eligible_in(m, fail_open) && skip.is_none_or(|s| *m.backend.id != *s) && takes_new_room(m)
+    };
     let (mut total_load, mut total_weight) = (0u64, 0u64);
     for m in pool.members.iter().filter(|m| eligible(m)) {
         total_load += u64::from(m.backend.load());
@@ -278,7 +345,7 @@ fn room_backend_in<'a>(
     }
     let factor = pool.config.room_balance_factor;
     let can_take = |m: &Member| {
-        if pinned.is_some_and(|p| std::ptr::eq(p, m)) && serving(m) {
+        if pinned.is_some_and(|p| std::ptr::eq(p, m)) && serving(m) && takes_new_room(m) {
             return true;
         }
         if !eligible(m) {
@@ -333,6 +400,7 @@ mod tests {
             machine_param: Some("machine".into()),
             room_balance_factor: 1.25,
             max_sessions,
+            max_rooms: 0,
             drain_timeout: Duration::from_secs(1),
             on_down: crate::config::OnDown::Close,
             slow_start,

@@ -25,10 +25,17 @@ pub enum Rejection {
     NoBackend,
     /// The pinned backend is down and `when_down = "reject"`.
     Down,
+    /// A new room, and every backend that could take it holds `max_rooms` rooms.
+    RoomsFull,
 }
 
 impl Rejection {
-    const ALL: [Rejection; 3] = [Rejection::Full, Rejection::NoBackend, Rejection::Down];
+    const ALL: [Rejection; 4] = [
+        Rejection::Full,
+        Rejection::NoBackend,
+        Rejection::Down,
+        Rejection::RoomsFull,
+    ];
 
     /// The `reason` label of `rtcgate_rejected_total`.
     pub fn as_str(self) -> &'static str {
@@ -36,6 +43,7 @@ impl Rejection {
             Rejection::Full => "full",
             Rejection::NoBackend => "no_backend",
             Rejection::Down => "down",
+            Rejection::RoomsFull => "rooms_full",
         }
     }
 }
@@ -117,6 +125,16 @@ impl TunnelEnd {
 /// The `state` label values of `rtcgate_backend_state`.
 pub const BACKEND_STATES: [&str; 4] = ["up", "down", "draining", "maint"];
 
+/// One pool's capacity as the scrape-time gauges show it.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolGauges<'a> {
+    pub pool: &'a str,
+    /// Sessions the backends taking new users hold at most.
+    pub capacity: u64,
+    /// The free share of sessions, or of rooms where rooms are capped, whichever is less.
+    pub headroom: f64,
+}
+
 /// One backend's runtime state as the scrape-time gauges show it.
 #[derive(Debug, Clone, Copy)]
 pub struct BackendGauges<'a> {
@@ -127,6 +145,8 @@ pub struct BackendGauges<'a> {
     pub inflight: u32,
     /// One of [`BACKEND_STATES`].
     pub state: &'static str,
+    pub max_sessions: u32,
+    pub rooms: u32,
 }
 
 /// Every rtcgate metric.
@@ -140,6 +160,10 @@ pub struct Metrics {
     backend_sessions: IntGaugeVec,
     backend_inflight: IntGaugeVec,
     backend_state: IntGaugeVec,
+    backend_max_sessions: IntGaugeVec,
+    backend_rooms: IntGaugeVec,
+    pool_capacity: IntGaugeVec,
+    pool_headroom: prometheus::GaugeVec,
     tunnels: IntCounterVec,
     tunnel_duration: HistogramVec,
     tunnels_closed: IntCounterVec,
@@ -217,6 +241,14 @@ impl Metrics {
             backend_sessions: gauge_vec(&r, "rtcgate_backend_sessions", "Open WebSocket tunnels.", pb),
             backend_inflight: gauge_vec(&r, "rtcgate_backend_inflight_requests", "Requests in flight.", pb),
             backend_state: gauge_vec(&r, "rtcgate_backend_state", "1 for the backend's current state (up, down, draining, maint).", &["pool", "backend", "state"]),
+            backend_max_sessions: gauge_vec(&r, "rtcgate_backend_max_sessions", "The backend's session cap.", pb),
+            backend_rooms: gauge_vec(&r, "rtcgate_backend_rooms", "Live rooms on the backend (its own report where it sends one, if more).", pb),
+            pool_capacity: gauge_vec(&r, "rtcgate_pool_capacity_sessions", "Sessions the pool's backends that take new users hold at most.", &["pool"]),
+            pool_headroom: {
+                let v = prometheus::GaugeVec::new(Opts::new("rtcgate_pool_headroom", "The free share of the pool's sessions, or of its rooms where rooms are capped, whichever is less (0 to 1)."), &["pool"]).expect("a valid metric definition");
+                r.register(Box::new(v.clone())).expect("each metric registered once");
+                v
+            },
             tunnels: counter_vec(&r, "rtcgate_websocket_tunnels_total", "WebSocket tunnels opened.", pb),
             tunnel_duration: histogram_vec(&r, "rtcgate_websocket_tunnel_duration_seconds", "How long tunnels stayed open.", &["pool"], vec![1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0]),
             tunnels_closed: counter_vec(&r, "rtcgate_tunnels_closed_total", "WebSocket tunnels closed, by why.", &["pool", "reason"]),
@@ -305,6 +337,7 @@ impl Metrics {
     pub fn render<'a>(
         &self,
         backends: impl IntoIterator<Item = BackendGauges<'a>>,
+        pools: impl IntoIterator<Item = PoolGauges<'a>>,
         turn: impl IntoIterator<Item = (&'a str, bool)>,
     ) -> String {
         let _one_at_a_time = self.render.lock().unwrap_or_else(|e| e.into_inner());
@@ -313,9 +346,21 @@ impl Metrics {
             &self.backend_sessions,
             &self.backend_inflight,
             &self.backend_state,
+            &self.backend_max_sessions,
+            &self.backend_rooms,
+            &self.pool_capacity,
             &self.turn_server_up,
         ] {
             g.reset();
+        }
+        self.pool_headroom.reset();
+        for p in pools {
+            self.pool_capacity
+                .with_label_values(&[p.pool])
+                .set(i64::try_from(p.capacity).unwrap_or(i64::MAX));
+            self.pool_headroom
+                .with_label_values(&[p.pool])
+                .set(p.headroom);
         }
         for (url, up) in turn {
             self.turn_server_up
@@ -333,6 +378,12 @@ impl Metrics {
             self.backend_inflight
                 .with_label_values(&labels)
                 .set(i64::from(b.inflight));
+            self.backend_max_sessions
+                .with_label_values(&labels)
+                .set(i64::from(b.max_sessions));
+            self.backend_rooms
+                .with_label_values(&labels)
+                .set(i64::from(b.rooms));
             for state in BACKEND_STATES {
                 self.backend_state
                     .with_label_values(&[b.pool, b.id, state])
@@ -411,7 +462,7 @@ pub struct PoolMetrics {
     pub duration: Histogram,
     pub tunnel_duration: Histogram,
     sticky: [IntCounter; 4],
-    rejected: [IntCounter; 3],
+    rejected: [IntCounter; 4],
     tunnels_closed: [IntCounter; 7],
     /// `rtcgate_discovery_total`: ok, error.
     discovery: [IntCounter; 2],
@@ -472,7 +523,7 @@ mod tests {
                 pool.rejected(r);
             }
         }
-        let text = m.render([], []);
+        let text = m.render([], [], []);
         for (n, o) in Outcome::ALL.into_iter().enumerate() {
             let line = format!(
                 "rtcgate_sticky_total{{outcome=\"{}\",pool=\"media\"}} {}",
@@ -503,8 +554,10 @@ mod tests {
             sessions: 3,
             inflight: 1,
             state: "down",
+            max_sessions: 500,
+            rooms: 2,
         };
-        let text = m.render([b], []);
+        let text = m.render([b], [], []);
         for line in [
             "rtcgate_backend_up{backend=\"m1\",pool=\"media\"} 0",
             "rtcgate_backend_sessions{backend=\"m1\",pool=\"media\"} 3",
@@ -513,7 +566,7 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} in\n{text}");
         }
-        let text = m.render([], []);
+        let text = m.render([], [], []);
         assert!(!text.contains("backend=\"m1\""), "{text}");
     }
 }

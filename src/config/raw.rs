@@ -217,6 +217,8 @@ pub(super) struct RawPool {
     pub(super) room_balance_factor: f64,
     #[serde(default = "default_max_sessions")]
     pub(super) max_sessions: u32,
+    #[serde(default)]
+    pub(super) max_rooms: u32,
     #[serde(default = "default_drain_timeout")]
     pub(super) drain_timeout: String,
     #[serde(default)]
@@ -265,6 +267,7 @@ pub(super) struct RawBackend {
     pub(super) id: String,
     pub(super) address: String,
     pub(super) max_sessions: Option<u32>,
+    pub(super) max_rooms: Option<u32>,
     #[serde(default = "default_weight")]
     pub(super) weight: u32,
     #[serde(default)]

@@ -274,6 +274,8 @@ pub struct PoolConfig {
     pub machine_param: Option<String>,
     pub room_balance_factor: f64,
     pub max_sessions: u32,
+    /// Default cap of live rooms per backend (0: none).
+    pub max_rooms: u32,
     pub drain_timeout: Duration,
     /// Tunnels of a backend that goes down or into maintenance.
     pub on_down: OnDown,
@@ -305,6 +307,8 @@ pub struct BackendConfig {
     /// its own, not on its WebSocket port).
     pub check_address: SocketAddr,
     pub max_sessions: u32,
+    /// Live rooms it takes at most (0: no cap).
+    pub max_rooms: u32,
     pub weight: u32,
     /// The `ws://` or `wss://` URL clients reach it at directly (discovery's direct mode).
     pub public_url: Option<String>,

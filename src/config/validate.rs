@@ -384,6 +384,7 @@ impl Validator<'_> {
                 check_address,
                 id: b.id,
                 max_sessions,
+                max_rooms: b.max_rooms.unwrap_or(p.max_rooms),
                 weight: b.weight,
                 public_url,
             });
@@ -394,6 +395,7 @@ impl Validator<'_> {
             machine_param,
             room_balance_factor: p.room_balance_factor,
             max_sessions: p.max_sessions,
+            max_rooms: p.max_rooms,
             drain_timeout: self.duration(&format!("{at}.drain_timeout"), &p.drain_timeout)?,
             on_down: p.on_down,
             slow_start: self.duration(&format!("{at}.slow_start"), &p.slow_start)?,

@@ -20,8 +20,9 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::balance;
 use crate::control::runtime::{AdminError, Runtime};
-use crate::metrics::BackendGauges;
+use crate::metrics::{BackendGauges, PoolGauges};
 use crate::state::backend::{AdminState, Backend, CheckRecord};
 use crate::state::snapshot::{Member, Snapshot};
 
@@ -154,13 +155,25 @@ fn render_metrics(runtime: &Runtime) -> String {
             sessions: b.sessions(),
             inflight: b.inflight(),
             state: b.state_name(),
+            max_sessions: m.max_sessions,
+            rooms: b.rooms(),
         }
+    });
+    let heads: Vec<_> = snap
+        .pools
+        .iter()
+        .map(|p| (p, balance::headroom(p)))
+        .collect();
+    let pools = heads.iter().map(|(p, h)| PoolGauges {
+        pool: &p.config.name,
+        capacity: h.capacity,
+        headroom: h.share,
     });
     let turn = snap
         .turn
         .iter()
         .map(|t| (t.url.url.as_str(), t.health.is_up()));
-    runtime.metrics().render(backends, turn)
+    runtime.metrics().render(backends, pools, turn)
 }
 
 fn get_only(method: &Method, f: impl FnOnce() -> Response<Body>) -> Response<Body> {
@@ -202,6 +215,14 @@ fn backend_json(m: &Member) -> serde_json::Value {
         "load": b.load(),
         "inflight": b.inflight(),
         "reserved": b.reserved(),
+        "rooms": b.rooms(),
+        "max_rooms": m.max_rooms,
+        "report": {
+            "sessions": b.report().0,
+            "rooms": b.report().1,
+            "weight_percent": b.agent_weight(),
+        },
+        "admin_by": if b.admin_by_agent() { "agent" } else { "operator" },
         "weight": m.weight,
         "max_sessions": m.max_sessions,
         "healthy": b.is_up(),
@@ -224,8 +245,14 @@ pub fn status(runtime: &Runtime, snap: &Snapshot) -> serde_json::Value {
         .pools
         .iter()
         .map(|p| {
+            let h = balance::headroom(p);
             json!({
                 "name": p.config.name,
+                "capacity_sessions": h.capacity,
+                "sessions": h.sessions,
+                "capacity_rooms": h.room_capacity,
+                "rooms": h.rooms,
+                "headroom": h.share,
                 "backends": p.members.iter().map(backend_json).collect::<Vec<_>>(),
             })
         })

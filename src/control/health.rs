@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HealthConfig, OnDown};
-use crate::state::backend::{Backend, Check};
+use crate::state::backend::{AdminState, Backend, Check};
 use crate::state::snapshot::Snapshot;
 
 type Key = (Arc<str>, Arc<str>, SocketAddr);
@@ -103,6 +103,12 @@ async fn check_loop(
             r = probe(addr, &config) => r,
             _ = stop.cancelled() => return,
         };
+        let (result, agent) = result;
+        // The backend's agent may say it is down, whatever the status line said.
+        let result = match (&agent, result) {
+            (Some(a), Ok(detail)) if a.down => Err(format!("{detail}; its agent says down")),
+            (_, r) => r,
+        };
         let check = match result {
             Ok(detail) => Check::Probe {
                 passed: true,
@@ -114,6 +120,15 @@ async fn check_loop(
             },
         };
         backend.record_health(check, config.rise, config.fall, on_down);
+        if let Some(a) = agent {
+            backend.record_report(a.sessions, a.rooms);
+            if let Some(w) = a.weight {
+                backend.set_agent_weight(w);
+            }
+            if let Some(state) = a.admin {
+                backend.agent_admin(state, on_down);
+            }
+        }
         tokio::select! {
             _ = tokio::time::sleep(jittered(config.interval)) => {}
             _ = stop.cancelled() => return,
@@ -131,9 +146,52 @@ pub(super) fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(0.9 + 0.2 * r)
 }
 
+/// What a backend's agent said in `X-Rtcgate-Agent`: HAProxy agent-check words (`up`/`ready`,
+/// `drain`, `maint`, `down`, `NN%`) and its own counts across every instance (`sessions=N`,
+/// `rooms=N`), separated by spaces or commas. Unknown words are ignored.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Agent {
+    pub admin: Option<AdminState>,
+    pub down: bool,
+    pub weight: Option<u32>,
+    pub sessions: Option<u32>,
+    pub rooms: Option<u32>,
+}
+
+pub const AGENT_HEADER: &str = "x-rtcgate-agent";
+
+impl Agent {
+    pub fn parse(s: &str) -> Agent {
+        let mut a = Agent::default();
+        for word in s
+            .split(|c: char| c.is_ascii_whitespace() || c == ',')
+            .filter(|w| !w.is_empty())
+        {
+            let w = word.to_ascii_lowercase();
+            match w.as_str() {
+                "up" | "ready" => a.admin = Some(AdminState::Enabled),
+                "drain" => a.admin = Some(AdminState::Draining),
+                "maint" => a.admin = Some(AdminState::Maint),
+                "down" | "fail" | "failed" | "stopped" => a.down = true,
+                _ => {
+                    if let Some(p) = w.strip_suffix('%') {
+                        a.weight = p.parse().ok().or(a.weight);
+                    } else if let Some(n) = w.strip_prefix("sessions=") {
+                        a.sessions = n.parse().ok().or(a.sessions);
+                    } else if let Some(n) = w.strip_prefix("rooms=") {
+                        a.rooms = n.parse().ok().or(a.rooms);
+                    }
+                }
+            }
+        }
+        a
+    }
+}
+
 /// One probe: a TCP connect, or an HTTP GET whose 2xx passes. `Ok` and `Err` both say what was
-/// seen.
-async fn probe(addr: SocketAddr, config: &HealthConfig) -> Result<String, String> {
+/// seen; an HTTP answer may carry the backend agent's word.
+async fn probe(addr: SocketAddr, config: &HealthConfig) -> (Result<String, String>, Option<Agent>) {
+    let mut agent = None;
     let attempt = async {
         let stream = TcpStream::connect(addr)
             .await
@@ -156,6 +214,11 @@ async fn probe(addr: SocketAddr, config: &HealthConfig) -> Result<String, String
             .await
             .map_err(|e| format!("GET {path}: {e}"))?;
         let status = resp.status();
+        agent = resp
+            .headers()
+            .get(AGENT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(Agent::parse);
         let seen = format!("GET {path}: {}", status.as_u16());
         if status.is_success() {
             Ok(seen)
@@ -163,7 +226,31 @@ async fn probe(addr: SocketAddr, config: &HealthConfig) -> Result<String, String
             Err(seen)
         }
     };
-    tokio::time::timeout(config.timeout, attempt)
+    let result = tokio::time::timeout(config.timeout, attempt)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {:?}", config.timeout)))
+        .unwrap_or_else(|_| Err(format!("no answer within {:?}", config.timeout)));
+    (result, agent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_words_are_read_as_haproxy_and_rtcgate_write_them() {
+        assert_eq!(
+            Agent::parse("up 75%, sessions=499 rooms=7"),
+            Agent {
+                admin: Some(AdminState::Enabled),
+                down: false,
+                weight: Some(75),
+                sessions: Some(499),
+                rooms: Some(7),
+            }
+        );
+        assert_eq!(Agent::parse("DRAIN").admin, Some(AdminState::Draining));
+        assert_eq!(Agent::parse("maint").admin, Some(AdminState::Maint));
+        assert!(Agent::parse("down").down);
+        assert_eq!(Agent::parse("sessions=lots x=1 %"), Agent::default());
+    }
 }

@@ -58,6 +58,8 @@ pub struct DemoBackend {
     /// The rooms of the call demo on this backend.
     calls: Calls,
     stop: CancellationToken,
+    /// What `/health` says in `X-Rtcgate-Agent`, if anything (a backend reporting its load).
+    agent: std::sync::Mutex<Option<HeaderValue>>,
 }
 
 impl DemoBackend {
@@ -81,6 +83,7 @@ impl DemoBackend {
             release: Notify::new(),
             calls: Calls::default(),
             stop: CancellationToken::new(),
+            agent: std::sync::Mutex::new(None),
         });
         tokio::spawn(backend.clone().accept_loop(listener));
         backend
@@ -104,6 +107,13 @@ impl DemoBackend {
     /// Makes `/health` answer 200 (true) or 503 (false).
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
+    /// Makes `/health` carry `X-Rtcgate-Agent: {words}` (HAProxy agent words, `sessions=N`,
+    /// `rooms=N`), or nothing.
+    pub fn set_agent(&self, words: Option<&str>) {
+        let v = words.and_then(|w| HeaderValue::from_str(w).ok());
+        *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = v;
     }
 
     /// Watches the bytes `/sink` has received.
@@ -159,7 +169,8 @@ impl DemoBackend {
     }
 
     async fn serve(self: Arc<Self>, req: Request<Incoming>) -> Response<DemoBody> {
-        if req.uri().path() == "/health" {
+        let req_is_health = req.uri().path() == "/health";
+        if req_is_health {
             self.health_checks.fetch_add(1, Ordering::Relaxed);
         } else {
             self.requests.send_modify(|n| *n += 1);
@@ -205,6 +216,12 @@ impl DemoBackend {
         };
         if let Ok(v) = HeaderValue::from_str(&self.id) {
             resp.headers_mut().insert("x-backend-id", v);
+        }
+        if req_is_health {
+            let agent = self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(v) = agent {
+                resp.headers_mut().insert("x-rtcgate-agent", v);
+            }
         }
         resp
     }

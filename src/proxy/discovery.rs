@@ -314,7 +314,7 @@ fn place_and_reserve<B>(
     // Place, then reserve with the cap checked again: a call that lost the last slot to a
     // concurrent one places again.
     // `Err(None)`: the slot went to a concurrent call.
-    let decide = |live_on: Option<&str>| -> Result<(Chosen<'_>, &Backend), Option<Rejection>> {
+    let decide = |live_on: Option<&str>| -> Result<(Chosen<'_>, &Arc<Backend>), Option<Rejection>> {
         let placed = match machine {
             Some(m) => balance::place_on(pool, m, pin, WhenDown::Reject),
             None => {
@@ -330,7 +330,7 @@ fn place_and_reserve<B>(
             true => Some(backend.reserve(cap).ok_or(None)?),
             false => None,
         };
-        Ok((Chosen { placed, slot }, &**backend))
+        Ok((Chosen { placed, slot }, backend))
     };
     let mut outcome = Err(None);
     for _ in 0..RACES {
@@ -431,6 +431,9 @@ fn refusal(pool: &Pool, machine: Option<&str>, reason: Rejection) -> Failure {
         (None, Rejection::Full) => format!("every server of cluster {name} is full"),
         (None, Rejection::NoBackend) => format!("no server of cluster {name} is available"),
         (None, Rejection::Down) => "your server is down".into(),
+        (None, Rejection::RoomsFull) => {
+            format!("every server of cluster {name} holds as many rooms as it may")
+        }
     };
     Failure::new(StatusCode::SERVICE_UNAVAILABLE, reason)
 }

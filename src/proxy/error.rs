@@ -81,6 +81,9 @@ impl ProxyError {
             ProxyError::Rejected(Rejection::Full) => "every server is full; retry later",
             ProxyError::Rejected(Rejection::NoBackend) => "no server is available; retry later",
             ProxyError::Rejected(Rejection::Down) => "your server is down; retry later",
+            ProxyError::Rejected(Rejection::RoomsFull) => {
+                "every server holds as many rooms as it may; retry later"
+            }
             ProxyError::Backend { .. } => "the server could not be reached",
             ProxyError::Timeout { .. } => "the server did not answer in time",
         }

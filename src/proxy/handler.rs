@@ -239,7 +239,7 @@ impl Handler {
                 }
             };
             placed.map(|p| {
-                let backend = &*p.member.backend;
+                let backend = &p.member.backend;
                 (p, backend)
             })
         };
@@ -389,7 +389,7 @@ impl Handler {
                 .room
                 .as_deref()
                 .map(|name| balance::Room { name, live_on });
-            balance::place_elsewhere(pool, room, &failed.backend.id).map(|m| (m, &*m.backend))
+            balance::place_elsewhere(pool, room, &failed.backend.id).map(|m| (m, &m.backend))
         };
         // A WebSocket of a room joins the room where it lives now, in one step, as at placement.
         let (member, in_room) = match (&failed.in_room, failed.room.as_deref()) {

@@ -48,6 +48,19 @@ pub struct Backend {
     /// Slots handed out by discovery whose client has not arrived (`reservations.rs` holds
     /// them).
     reserved: AtomicU32,
+    /// Live rooms in this instance: rooms with a tunnel (or a reservation) on it.
+    rooms: AtomicU32,
+    /// The backend's own report of its sessions and rooms across every instance
+    /// (`X-Rtcgate-Agent`), `NO_REPORT` until it sends one; and the sessions and rooms this
+    /// instance placed on it since.
+    reported_sessions: AtomicU32,
+    reported_rooms: AtomicU32,
+    opened_since_report: AtomicU32,
+    rooms_since_report: AtomicU32,
+    /// The agent's share of its configured weight, in percent (HAProxy's `NN%`).
+    agent_weight: AtomicU32,
+    /// Its admin state was set by its agent (`drain`/`maint`), not by an operator.
+    admin_by_agent: AtomicBool,
     /// Fired to close every open tunnel; replaced after use.
     tunnels_stop: Mutex<Arc<TunnelsStop>>,
     /// Bumped whenever the admin state changes, so a pending drain timer can tell it is stale.
@@ -63,6 +76,9 @@ pub struct Backend {
     /// configuration count as up for long (as HAProxy's slowstart does not apply at start).
     up_since: AtomicU64,
 }
+
+/// "No report": the backend's agent has not reported this count.
+const NO_REPORT: u32 = u32::MAX;
 
 /// The instant backends' times are counted from (the first use).
 fn epoch() -> Instant {
@@ -126,6 +142,13 @@ impl Backend {
             sessions: AtomicU32::new(0),
             inflight: AtomicU32::new(0),
             reserved: AtomicU32::new(0),
+            rooms: AtomicU32::new(0),
+            reported_sessions: AtomicU32::new(NO_REPORT),
+            reported_rooms: AtomicU32::new(NO_REPORT),
+            opened_since_report: AtomicU32::new(0),
+            rooms_since_report: AtomicU32::new(0),
+            agent_weight: AtomicU32::new(100),
+            admin_by_agent: AtomicBool::new(false),
             tunnels_stop: Mutex::default(),
             admin_generation: AtomicU64::new(0),
             removed: AtomicBool::new(false),
@@ -157,6 +180,8 @@ impl Backend {
             self.came_up_at(Instant::now());
         }
         self.admin.store(state as u8, Ordering::Relaxed);
+        // An operator's word (the agent's own calls mark theirs again after this).
+        self.admin_by_agent.store(false, Ordering::Relaxed);
         self.drain_over.store(false, Ordering::Relaxed);
         self.draining_for_removal.store(false, Ordering::Relaxed);
         self.admin_generation.fetch_add(1, Ordering::Relaxed) + 1
@@ -329,17 +354,108 @@ impl Backend {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// Sessions plus in-flight requests plus unexpired reservations.
+    /// The sessions placement counts: its open tunnels, or, where the backend reports its own
+    /// count (across every instance), that report plus what this instance placed since, if
+    /// more.
+    pub fn counted_sessions(&self) -> u32 {
+        let own = self.sessions();
+        match self.reported_sessions.load(Ordering::Relaxed) {
+            NO_REPORT => own,
+            r => own.max(r.saturating_add(self.opened_since_report.load(Ordering::Relaxed))),
+        }
+    }
+
+    /// Counted sessions plus in-flight requests plus unexpired reservations.
     pub fn load(&self) -> u32 {
-        self.sessions()
+        self.counted_sessions()
             .saturating_add(self.inflight())
             .saturating_add(self.reserved())
     }
 
-    /// Open sessions plus the slots reserved for clients on their way: what counts against
+    /// Counted sessions plus the slots reserved for clients on their way: what counts against
     /// `max_sessions`.
     pub fn claimed(&self) -> u32 {
-        self.sessions().saturating_add(self.reserved())
+        self.counted_sessions().saturating_add(self.reserved())
+    }
+
+    /// Its live rooms in this instance, or its own report of them plus the rooms this instance
+    /// opened on it since, if more: what counts against `max_rooms`.
+    pub fn rooms(&self) -> u32 {
+        let own = self.rooms.load(Ordering::Relaxed);
+        match self.reported_rooms.load(Ordering::Relaxed) {
+            NO_REPORT => own,
+            r => own.max(r.saturating_add(self.rooms_since_report.load(Ordering::Relaxed))),
+        }
+    }
+
+    /// A room came to live on it (`rooms.rs`).
+    pub fn room_opened(&self) {
+        self.rooms.fetch_add(1, Ordering::Relaxed);
+        self.rooms_since_report.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A room left it.
+    pub fn room_closed(&self) {
+        let _ = self
+            .rooms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Records its agent's report of its own sessions and rooms; counting since starts anew.
+    pub fn record_report(&self, sessions: Option<u32>, rooms: Option<u32>) {
+        if let Some(n) = sessions {
+            self.reported_sessions
+                .store(n.min(NO_REPORT - 1), Ordering::Relaxed);
+            self.opened_since_report.store(0, Ordering::Relaxed);
+        }
+        if let Some(n) = rooms {
+            self.reported_rooms
+                .store(n.min(NO_REPORT - 1), Ordering::Relaxed);
+            self.rooms_since_report.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Its last reported sessions and rooms, if it reports them.
+    pub fn report(&self) -> (Option<u32>, Option<u32>) {
+        let get = |a: &AtomicU32| Some(a.load(Ordering::Relaxed)).filter(|n| *n != NO_REPORT);
+        (get(&self.reported_sessions), get(&self.reported_rooms))
+    }
+
+    /// The agent's share of its weight, in percent.
+    pub fn agent_weight(&self) -> u32 {
+        self.agent_weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_agent_weight(&self, percent: u32) {
+        self.agent_weight.store(percent.min(256), Ordering::Relaxed);
+    }
+
+    /// Sets the admin state its agent asks for: `drain` and `maint` as the admin API would
+    /// (maintenance closes its tunnels where `on_down` says so); `up` (`ready`) ends only a
+    /// state the agent set, never an operator's. Returns whether the state changed.
+    pub fn agent_admin(&self, wanted: AdminState, on_down: OnDown) -> bool {
+        let by_agent = self.admin_by_agent.load(Ordering::Relaxed);
+        let current = self.admin();
+        if wanted == current || (wanted == AdminState::Enabled && !by_agent) {
+            return false;
+        }
+        if current != AdminState::Enabled && !by_agent {
+            // An operator's drain or maintenance stands.
+            return false;
+        }
+        self.set_admin(wanted);
+        self.admin_by_agent
+            .store(wanted != AdminState::Enabled, Ordering::Relaxed);
+        tracing::info!(pool = %self.pool, backend = %self.id, state = self.state_name(), "admin state set by the backend's agent");
+        if wanted == AdminState::Maint && on_down == OnDown::Close {
+            self.close_tunnels(TunnelEnd::Maint);
+        }
+        true
+    }
+
+    /// Whether its admin state is its agent's doing.
+    pub fn admin_by_agent(&self) -> bool {
+        self.admin_by_agent.load(Ordering::Relaxed)
     }
 
     /// Slots handed out by discovery whose client has not arrived yet and that have not lapsed.
@@ -369,6 +485,7 @@ impl Backend {
     /// Counts one session (an open tunnel) until the guard drops.
     pub fn open_session(self: &Arc<Self>) -> Session {
         self.sessions.fetch_add(1, Ordering::Relaxed);
+        self.opened_since_report.fetch_add(1, Ordering::Relaxed);
         Session(self.clone())
     }
 }

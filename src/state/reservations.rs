@@ -132,7 +132,7 @@ mod tests {
         let (b, now) = (backend("m1"), Instant::now());
         let r = Reservations::default();
         let ((), tunnel) = rooms
-            .join("media", "standup", |_| Ok::<_, ()>(((), &*b)))
+            .join("media", "standup", |_| Ok::<_, ()>(((), &b)))
             .expect("placed");
         r.hold(Reservation {
             until: now + Duration::from_secs(5),

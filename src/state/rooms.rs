@@ -15,14 +15,15 @@ pub struct LiveRooms {
     pools: Mutex<HashMap<Arc<str>, RoomsOfPool>>,
 }
 
-/// Room name → (backend id, open tunnels).
-type RoomsOfPool = HashMap<String, (Arc<str>, u32)>;
+/// Room name → (backend, open tunnels). A room counts in its backend's live rooms
+/// ([`Backend::room_opened`]) while it is listed here.
+type RoomsOfPool = HashMap<String, (Arc<Backend>, u32)>;
 
 impl LiveRooms {
     /// The backend holding `room`'s tunnels, if it has any open.
     pub fn backend_of(&self, pool: &str, room: &str) -> Option<Arc<str>> {
         let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        pools.get(pool)?.get(room).map(|(id, _)| id.clone())
+        pools.get(pool)?.get(room).map(|(b, _)| b.id.clone())
     }
 
     /// Places a participant of `room` and counts it on the backend chosen, in one step: `place`
@@ -33,13 +34,13 @@ impl LiveRooms {
         self: &Arc<Self>,
         pool: &str,
         room: &str,
-        place: impl FnOnce(Option<&str>) -> Result<(T, &'b Backend), E>,
+        place: impl FnOnce(Option<&str>) -> Result<(T, &'b Arc<Backend>), E>,
     ) -> Result<(T, RoomTunnel), E> {
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let live = pools
             .get(pool)
             .and_then(|rooms| rooms.get(room))
-            .map(|(id, _)| id.clone());
+            .map(|(b, _)| b.id.clone());
         let (placed, backend) = place(live.as_deref())?;
         Ok((placed, self.count(&mut pools, backend, room)))
     }
@@ -48,16 +49,19 @@ impl LiveRooms {
     fn count(
         self: &Arc<Self>,
         pools: &mut HashMap<Arc<str>, RoomsOfPool>,
-        backend: &Backend,
+        backend: &Arc<Backend>,
         room: &str,
     ) -> RoomTunnel {
         let rooms = pools.entry(backend.pool.clone()).or_default();
-        let entry = rooms
-            .entry(room.to_string())
-            .or_insert_with(|| (backend.id.clone(), 0));
+        let entry = rooms.entry(room.to_string()).or_insert_with(|| {
+            backend.room_opened();
+            (backend.clone(), 0)
+        });
         // A room that moved (its backend failed) follows its newest tunnel.
-        if entry.0 != backend.id {
-            *entry = (backend.id.clone(), 0);
+        if !Arc::ptr_eq(&entry.0, backend) {
+            entry.0.room_closed();
+            backend.room_opened();
+            *entry = (backend.clone(), 0);
         }
         entry.1 += 1;
         RoomTunnel {
@@ -85,9 +89,10 @@ impl Drop for RoomTunnel {
             return;
         };
         if let Some(entry) = rooms.get_mut(&self.room) {
-            if entry.0 == self.backend {
+            if entry.0.id == self.backend {
                 entry.1 = entry.1.saturating_sub(1);
                 if entry.1 == 0 {
+                    entry.0.room_closed();
                     rooms.remove(&self.room);
                 }
             }

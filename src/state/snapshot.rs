@@ -29,6 +29,8 @@ pub struct Member {
     pub check_addr: SocketAddr,
     pub weight: u32,
     pub max_sessions: u32,
+    /// Live rooms it takes at most (0: no cap).
+    pub max_rooms: u32,
     /// Hash of the backend's id, the per-backend half of a room's rendezvous score.
     pub id_hash: u64,
     /// Its session-cookie token, when cookies carry no expiry.
@@ -43,6 +45,7 @@ impl Member {
             backend,
             weight,
             max_sessions,
+            max_rooms: 0,
             pin_cache: None,
         }
     }
@@ -146,6 +149,7 @@ impl Snapshot {
                     .map(|(b, backend)| Member {
                         pin_cache: sticky.cache_for(&p.name, &b.id),
                         check_addr: b.check_address,
+                        max_rooms: b.max_rooms,
                         ..Member::new(backend, b.weight, b.max_sessions)
                     })
                     .collect();

@@ -8,6 +8,7 @@ mod admin;
 mod binary;
 mod bodies;
 mod call;
+mod capacity;
 mod config;
 mod discovery;
 mod front_door;
