@@ -45,6 +45,38 @@ impl Config {
     }
 }
 
+impl PoolConfig {
+    /// The backend `id` the admin API describes, checked as the file's backends are (the
+    /// error names `pools.POOL.backends.ID.KEY`).
+    pub fn api_backend(
+        &self,
+        source: &Path,
+        id: &str,
+        b: &ApiBackend,
+    ) -> Result<BackendConfig, ConfigError> {
+        let v = Validator { file: source };
+        let defaults = validate::BackendDefaults {
+            max_sessions: self.max_sessions,
+            max_rooms: self.max_rooms,
+            health_port: self.health.port,
+        };
+        let raw = raw::RawBackend {
+            id: id.to_string(),
+            address: b.address.clone(),
+            max_sessions: b.max_sessions,
+            max_rooms: b.max_rooms,
+            weight: b.weight.unwrap_or(1),
+            health_port: 0,
+            public_url: b.public_url.clone().unwrap_or_default(),
+        };
+        v.backend(
+            &format!("pools.{}.backends.{id}", self.name),
+            &defaults,
+            raw,
+        )
+    }
+}
+
 /// The text of the line holding byte `at`, trimmed: the key toml complained about, in context.
 fn key_at(text: &str, at: usize) -> String {
     let start = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);

@@ -75,6 +75,8 @@ pub(super) struct RawSticky {
 pub(super) struct RawAdmin {
     #[serde(default)]
     pub(super) token: String,
+    #[serde(default)]
+    pub(super) state_file: String,
 }
 
 #[derive(Deserialize, Default)]

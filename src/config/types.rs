@@ -139,6 +139,24 @@ pub struct Sticky {
 pub struct AdminConfig {
     /// When set, mutating admin calls need `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Where backends added through the admin API are kept across restarts.
+    pub state_file: Option<PathBuf>,
+}
+
+/// A backend as the admin API adds it (`PUT /pools/{pool}/backends/{id}`), and as the state
+/// file keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiBackend {
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sessions: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_rooms: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 /// Connection and request limits. Every one has a key under `[limits]` and a default.

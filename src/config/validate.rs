@@ -14,6 +14,13 @@ pub(super) struct Validator<'a> {
     pub(super) file: &'a Path,
 }
 
+/// What a pool gives each of its backends unless the backend says otherwise.
+pub(super) struct BackendDefaults {
+    pub(super) max_sessions: u32,
+    pub(super) max_rooms: u32,
+    pub(super) health_port: u16,
+}
+
 impl Validator<'_> {
     pub(super) fn err(&self, key: impl Into<String>, msg: impl Into<String>) -> ConfigError {
         ConfigError {
@@ -113,6 +120,17 @@ impl Validator<'_> {
         let sticky = self.sticky(raw.sticky)?;
         let admin = AdminConfig {
             token: Some(raw.admin.token).filter(|t| !t.is_empty()),
+            state_file: match raw.admin.state_file.trim() {
+                "" => None,
+                f => {
+                    let p = Path::new(f);
+                    Some(if p.is_absolute() {
+                        p.to_path_buf()
+                    } else {
+                        self.file.parent().unwrap_or(Path::new(".")).join(p)
+                    })
+                }
+            },
         };
         let limits = self.limits(raw.limits)?;
         let mut pools = Vec::with_capacity(raw.pools.len());
@@ -343,51 +361,20 @@ impl Validator<'_> {
         let health = self.health(&at, p.health)?;
         let mut backends = Vec::with_capacity(p.backends.len());
         let mut ids = HashSet::new();
+        let defaults = BackendDefaults {
+            max_sessions: p.max_sessions,
+            max_rooms: p.max_rooms,
+            health_port: health.port,
+        };
         for (i, b) in p.backends.into_iter().enumerate() {
             let key = format!("{at}.backends[{i}]");
-            if b.id.is_empty()
-                || !b
-                    .id
-                    .bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
-            {
-                return Err(self.err(
-                    format!("{key}.id"),
-                    format!("{:?}: an id must be letters, digits, '-', '_' or '.'", b.id),
-                ));
-            }
             if !ids.insert(b.id.clone()) {
                 return Err(self.err(
                     format!("{key}.id"),
                     format!("{:?} is used twice in pool {name}", b.id),
                 ));
             }
-            let max_sessions = b.max_sessions.unwrap_or(p.max_sessions);
-            if max_sessions == 0 {
-                return Err(self.err(format!("{key}.max_sessions"), "must be at least 1"));
-            }
-            if !(1..=1000).contains(&b.weight) {
-                return Err(self.err(format!("{key}.weight"), "must be from 1 to 1000"));
-            }
-            let address = self.addr(&format!("{key}.address"), &b.address)?;
-            let mut check_address = address;
-            match (b.health_port, health.port) {
-                (0, 0) => {}
-                (0, port) | (port, _) => check_address.set_port(port),
-            }
-            let public_url = match b.public_url.trim() {
-                "" => None,
-                url => Some(self.ws_url(&format!("{key}.public_url"), url)?),
-            };
-            backends.push(BackendConfig {
-                address,
-                check_address,
-                id: b.id,
-                max_sessions,
-                max_rooms: b.max_rooms.unwrap_or(p.max_rooms),
-                weight: b.weight,
-                public_url,
-            });
+            backends.push(self.backend(&key, &defaults, b)?);
         }
         Ok(PoolConfig {
             hosts,
@@ -440,6 +427,52 @@ impl Validator<'_> {
             rise: h.rise,
             fall: h.fall,
             port: h.port,
+        })
+    }
+
+    /// One backend of a pool, from the file or from the admin API.
+    pub(super) fn backend(
+        &self,
+        key: &str,
+        defaults: &BackendDefaults,
+        b: RawBackend,
+    ) -> Result<BackendConfig, ConfigError> {
+        if b.id.is_empty()
+            || !b
+                .id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        {
+            return Err(self.err(
+                format!("{key}.id"),
+                format!("{:?}: an id must be letters, digits, '-', '_' or '.'", b.id),
+            ));
+        }
+        let max_sessions = b.max_sessions.unwrap_or(defaults.max_sessions);
+        if max_sessions == 0 {
+            return Err(self.err(format!("{key}.max_sessions"), "must be at least 1"));
+        }
+        if !(1..=1000).contains(&b.weight) {
+            return Err(self.err(format!("{key}.weight"), "must be from 1 to 1000"));
+        }
+        let address = self.addr(&format!("{key}.address"), &b.address)?;
+        let mut check_address = address;
+        match (b.health_port, defaults.health_port) {
+            (0, 0) => {}
+            (0, port) | (port, _) => check_address.set_port(port),
+        }
+        let public_url = match b.public_url.trim() {
+            "" => None,
+            url => Some(self.ws_url(&format!("{key}.public_url"), url)?),
+        };
+        Ok(BackendConfig {
+            address,
+            check_address,
+            id: b.id,
+            max_sessions,
+            max_rooms: b.max_rooms.unwrap_or(defaults.max_rooms),
+            weight: b.weight,
+            public_url,
         })
     }
 

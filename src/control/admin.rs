@@ -124,6 +124,10 @@ async fn route(runtime: &Runtime, req: Request<Incoming>) -> Response<Body> {
                 ),
             }
         }
+        ["pools", pool, "backends", id] => {
+            let (pool, id) = (pool.to_string(), id.to_string());
+            membership(runtime, req, &pool, &id).await
+        }
         ["reload"] => {
             if method != Method::POST {
                 return not_allowed("POST");
@@ -185,6 +189,85 @@ fn get_only(method: &Method, f: impl FnOnce() -> Response<Body>) -> Response<Bod
 }
 
 /// `None` when the request may mutate; otherwise the 401 to send.
+/// Largest body a membership call may send.
+const MAX_MEMBER_BODY: usize = 64 * 1024;
+
+/// `PUT` (add or update), `DELETE` (drain out) and `GET` one backend of a pool.
+async fn membership(
+    runtime: &Runtime,
+    req: Request<Incoming>,
+    pool: &str,
+    id: &str,
+) -> Response<Body> {
+    let method = req.method().clone();
+    if method == Method::GET {
+        let snap = runtime.snapshot();
+        return match snap.pool(pool).and_then(|p| p.member(id)) {
+            Some(m) => json_reply(StatusCode::OK, backend_json(m)),
+            None => not_found(),
+        };
+    }
+    if method != Method::PUT && method != Method::DELETE {
+        return not_allowed("GET, PUT, DELETE");
+    }
+    if let Some(denied) = authorize(runtime, &req) {
+        return denied;
+    }
+    let error = |status: StatusCode, e: String| json_reply(status, json!({ "error": e }));
+    let result = if method == Method::PUT {
+        let limited = http_body_util::Limited::new(req.into_body(), MAX_MEMBER_BODY);
+        let body = match http_body_util::BodyExt::collect(limited).await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("the body: {e}")),
+        };
+        let backend: crate::config::ApiBackend = match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("write {{\"address\": \"IP:port\", \"weight\", \"max_sessions\", \"max_rooms\", \"public_url\"}}: {e}"),
+                )
+            }
+        };
+        runtime.put_backend(pool, id, backend).map(Some)
+    } else {
+        runtime.delete_backend(pool, id).map(|()| None)
+    };
+    use crate::control::membership::MemberError;
+    match result {
+        Ok(Some(created)) => {
+            let snap = runtime.snapshot();
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            match snap.pool(pool).and_then(|p| p.member(id)) {
+                Some(m) => json_reply(status, backend_json(m)),
+                None => json_reply(status, json!({ "id": id })),
+            }
+        }
+        Ok(None) => json_reply(
+            StatusCode::ACCEPTED,
+            json!({ "id": id, "state": "draining", "removed": "when nothing is left on it" }),
+        ),
+        Err(MemberError::NoSuchPool) => error(StatusCode::NOT_FOUND, format!("no pool {pool}")),
+        Err(MemberError::NotFound) => error(
+            StatusCode::NOT_FOUND,
+            format!("no backend {id} added through the admin API in pool {pool}"),
+        ),
+        Err(MemberError::InTheFile) => error(
+            StatusCode::CONFLICT,
+            format!("the configuration file lists {id}: change it there"),
+        ),
+        Err(MemberError::Invalid(e)) => error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        Err(MemberError::StateFile(e)) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the state file cannot be written, nothing changed: {e}"),
+        ),
+    }
+}
+
 fn authorize(runtime: &Runtime, req: &Request<Incoming>) -> Option<Response<Body>> {
     let snap = runtime.snapshot();
     let token = snap.config.admin.token.as_deref()?;

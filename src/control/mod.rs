@@ -6,10 +6,12 @@
 //! | [`reload`] | reloading the config, and its triggers: file watch, SIGHUP, the drain ticker |
 //! | [`health`] | active health checks, one task per backend |
 //! | [`turn_health`] | TURN servers' checks: STUN Binding (or TCP connect), one task per URL |
+//! | [`membership`] | backends added and removed through the admin API, merged with the file's; the state file |
 //! | [`admin`] | the admin listener: metrics, status, the page, admin states, reload |
 
 pub mod admin;
 pub mod health;
+pub mod membership;
 pub mod reload;
 pub mod runtime;
 pub mod turn_health;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigError, OnDown};
 use crate::control::health::HealthCheckers;
+use crate::control::membership::{self, ApiBackends};
 use crate::control::turn_health::TurnCheckers;
 use crate::control::{admin, reload};
 use crate::metrics::{Metrics, TunnelEnd};
@@ -48,6 +49,10 @@ pub struct Runtime {
     slots: Mutex<usize>,
     /// Serialises reloads and the expiry of leaving backends; the last reload's outcome.
     pub(super) reloading: Mutex<ReloadStatus>,
+    /// The configuration as the file says it (the snapshot's adds the API's backends).
+    file_config: Mutex<Arc<Config>>,
+    /// Backends added through the admin API.
+    api: Mutex<ApiBackends>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -76,7 +81,18 @@ impl Runtime {
     pub fn new(config: Config) -> Result<Arc<Runtime>, ConfigError> {
         let registry = Registry::new(Arc::new(Metrics::new()));
         let slots = config.limits.max_connections;
-        let snapshot = Snapshot::build(config, &registry)?;
+        let api = match &config.admin.state_file {
+            Some(path) => membership::load_state(path)?,
+            None => ApiBackends::new(),
+        };
+        if !api.is_empty() {
+            tracing::info!(
+                backends = api.len(),
+                "backends added through the admin API, from the state file"
+            );
+        }
+        let snapshot = Snapshot::build(membership::merged(&config, &api), &registry)?;
+        let file_config = Mutex::new(Arc::new(config));
         let shared = Arc::new(Shared::new(snapshot, registry.metrics().clone()));
         Ok(Arc::new(Runtime {
             shared,
@@ -88,6 +104,8 @@ impl Runtime {
                 last_ok: Some(SystemTime::now()),
                 last_error: None,
             }),
+            file_config,
+            api: Mutex::new(api),
         }))
     }
 
@@ -108,6 +126,23 @@ impl Runtime {
             tokio::spawn(admin::serve(admin, self.clone(), stop));
         }
         Ok(running)
+    }
+
+    /// The configuration as the file says it.
+    pub fn file_config(&self) -> Arc<Config> {
+        self.file_config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(super) fn set_file_config(&self, config: Config) {
+        *self.file_config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(config);
+    }
+
+    /// Backends added through the admin API (the guard serialises changes to them).
+    pub(super) fn api_backends(&self) -> std::sync::MutexGuard<'_, ApiBackends> {
+        self.api.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The state the data path reads.

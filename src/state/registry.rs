@@ -42,6 +42,9 @@ pub struct Leaving {
     pub weight: u32,
     pub max_sessions: u32,
     pub until: Instant,
+    /// Removed as soon as nothing is left on it (deleted through the admin API), not only at
+    /// `until`.
+    pub at_zero: bool,
 }
 
 struct Kept {
@@ -165,10 +168,21 @@ impl Registry {
                     weight: gone.weight,
                     max_sessions: gone.max_sessions,
                     until: now + gone.drain_timeout,
+                    at_zero: false,
                 },
             );
         }
         (kept, all.leaving.values().cloned().collect())
+    }
+
+    /// Marks leaving backend `id` of `pool` to be removed as soon as nothing is left on it.
+    pub fn remove_when_drained(&self, pool: &str, id: &str) {
+        let mut all = self.backends.lock().unwrap_or_else(|e| e.into_inner());
+        for ((p, i, _), l) in all.leaving.iter_mut() {
+            if p == pool && i == id {
+                l.at_zero = true;
+            }
+        }
     }
 
     /// Ends the drain of leaving backends whose time is up: closes their tunnels and removes
@@ -178,7 +192,8 @@ impl Registry {
         let before = all.leaving.len();
         let Backends { live, leaving } = &mut *all;
         leaving.retain(|_, l| {
-            if l.until > now {
+            let empty = l.at_zero && l.backend.load() == 0;
+            if l.until > now && !empty {
                 return true;
             }
             let b = &l.backend;

@@ -16,6 +16,7 @@ mod health;
 mod janus;
 mod layers;
 mod machine;
+mod membership;
 mod reload;
 mod sticky;
 mod turn;

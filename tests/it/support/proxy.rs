@@ -252,6 +252,17 @@ impl TestProxy {
         c.fetch(req).await
     }
 
+    /// Reloads through the admin API with the admin token.
+    pub async fn post_reload_with(&self, token: &str) -> Reply {
+        let mut c = self.admin().await;
+        let req = c
+            .request("POST", "/reload")
+            .header("authorization", format!("Bearer {token}"))
+            .body(empty())
+            .expect("request");
+        c.fetch(req).await
+    }
+
     /// The ids listed in the current snapshot's pool (draining ones included).
     pub fn member_ids(&self) -> Vec<String> {
         self.runtime.snapshot().pools[0]
