@@ -401,6 +401,7 @@ mod tests {
             room_balance_factor: 1.25,
             max_sessions,
             max_rooms: 0,
+            scale: None,
             drain_timeout: Duration::from_secs(1),
             on_down: crate::config::OnDown::Close,
             slow_start,

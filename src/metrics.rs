@@ -175,6 +175,8 @@ pub struct Metrics {
     /// `rtcgate_turn_credentials_total`: issued, denied.
     pub turn_credentials: [IntCounter; 2],
     turn_server_up: IntGaugeVec,
+    /// `rtcgate_scale_events_total{pool, direction}`: hooks run and backends scaled down.
+    pub scale_events: IntCounterVec,
     pub config_reloads: IntCounterVec,
     client_connections: IntGauge,
     client_connections_total: IntCounterVec,
@@ -262,6 +264,7 @@ impl Metrics {
                 ["issued", "denied"].map(|x| v.with_label_values(&[x]))
             },
             turn_server_up: gauge_vec(&r, "rtcgate_turn_server_up", "1 when the TURN server passes its checks.", &["url"]),
+            scale_events: counter_vec(&r, "rtcgate_scale_events_total", "Scale decisions carried out: up (the up hook ran), down (an idle backend was drained out).", &["pool", "direction"]),
             config_reloads: counter_vec(&r, "rtcgate_config_reloads_total", "Configuration reloads, by result.", &["result"]),
             client_connections,
             client_connections_total: counter_vec(&r, "rtcgate_client_connections_total", "Client connections accepted, by listener.", &["listener"]),

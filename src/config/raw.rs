@@ -231,6 +231,29 @@ pub(super) struct RawPool {
     pub(super) slow_start: String,
     #[serde(default)]
     pub(super) backends: Vec<RawBackend>,
+    #[serde(default)]
+    pub(super) scale: Option<RawScale>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScale {
+    #[serde(default)]
+    pub(super) min_headroom: f64,
+    #[serde(default = "default_sustain")]
+    pub(super) sustain: String,
+    #[serde(default)]
+    pub(super) up_command: Vec<String>,
+    #[serde(default = "default_cooldown")]
+    pub(super) cooldown: String,
+    #[serde(default = "default_hook_timeout")]
+    pub(super) timeout: String,
+    #[serde(default)]
+    pub(super) down_command: Vec<String>,
+    #[serde(default = "zero_duration")]
+    pub(super) idle_after: String,
+    #[serde(default = "default_min_backends")]
+    pub(super) min_backends: usize,
 }
 
 #[derive(Deserialize)]
@@ -278,6 +301,18 @@ pub(super) struct RawBackend {
     pub(super) public_url: String,
 }
 
+pub(super) fn default_sustain() -> String {
+    "30s".into()
+}
+pub(super) fn default_cooldown() -> String {
+    "5m".into()
+}
+pub(super) fn default_hook_timeout() -> String {
+    "60s".into()
+}
+pub(super) fn default_min_backends() -> usize {
+    1
+}
 pub(super) fn default_turn_ttl() -> String {
     "24h".into()
 }

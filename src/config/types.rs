@@ -301,6 +301,27 @@ pub struct PoolConfig {
     pub slow_start: Duration,
     pub health: HealthConfig,
     pub backends: Vec<BackendConfig>,
+    /// Scale hooks; `None` when off.
+    pub scale: Option<ScaleConfig>,
+}
+
+/// When to ask for more servers and give idle ones back (`[pools.NAME.scale]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleConfig {
+    /// Headroom below this for `sustain` runs `up_command` (0: never).
+    pub min_headroom: f64,
+    pub sustain: Duration,
+    /// An argv, never a shell string; empty: none.
+    pub up_command: Vec<String>,
+    /// `up_command` runs at most once per this.
+    pub cooldown: Duration,
+    /// A hook running longer is killed.
+    pub timeout: Duration,
+    pub down_command: Vec<String>,
+    /// A backend with no sessions for this long is drained and removed (0: never).
+    pub idle_after: Duration,
+    /// Backends never scaled below (at least 1).
+    pub min_backends: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

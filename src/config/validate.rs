@@ -376,7 +376,9 @@ impl Validator<'_> {
             }
             backends.push(self.backend(&key, &defaults, b)?);
         }
+        let scale = p.scale.map(|sc| self.scale(&at, sc)).transpose()?;
         Ok(PoolConfig {
+            scale,
             hosts,
             room_param,
             machine_param,
@@ -427,6 +429,47 @@ impl Validator<'_> {
             rise: h.rise,
             fall: h.fall,
             port: h.port,
+        })
+    }
+
+    fn scale(&self, at: &str, s: RawScale) -> Result<ScaleConfig, ConfigError> {
+        let key = |k: &str| format!("{at}.scale.{k}");
+        if !(0.0..=1.0).contains(&s.min_headroom) {
+            return Err(self.err(key("min_headroom"), "must be a share from 0.0 to 1.0"));
+        }
+        if s.min_headroom > 0.0 && s.up_command.is_empty() {
+            return Err(self.err(
+                key("up_command"),
+                "min_headroom is set: give the command to run, as an argv list",
+            ));
+        }
+        for (k, argv) in [
+            ("up_command", &s.up_command),
+            ("down_command", &s.down_command),
+        ] {
+            if argv.first().is_some_and(|c| c.trim().is_empty()) {
+                return Err(self.err(key(k), "the program (first item) is empty"));
+            }
+        }
+        if s.min_backends == 0 {
+            return Err(self.err(
+                key("min_backends"),
+                "must be at least 1: the last backend is never scaled down",
+            ));
+        }
+        let timeout = self.duration(&key("timeout"), &s.timeout)?;
+        if timeout.is_zero() {
+            return Err(self.err(key("timeout"), "must be greater than zero"));
+        }
+        Ok(ScaleConfig {
+            min_headroom: s.min_headroom,
+            sustain: self.duration(&key("sustain"), &s.sustain)?,
+            up_command: s.up_command,
+            cooldown: self.duration(&key("cooldown"), &s.cooldown)?,
+            timeout,
+            down_command: s.down_command,
+            idle_after: self.duration(&key("idle_after"), &s.idle_after)?,
+            min_backends: s.min_backends,
         })
     }
 

@@ -336,6 +336,11 @@ pub fn status(runtime: &Runtime, snap: &Snapshot) -> serde_json::Value {
                 "capacity_rooms": h.room_capacity,
                 "rooms": h.rooms,
                 "headroom": h.share,
+                "scale": runtime.scale_decisions(&p.config.name).into_iter().map(|d| json!({
+                    "at": humantime::format_rfc3339_seconds(d.at).to_string(),
+                    "direction": d.direction,
+                    "decision": d.what,
+                })).collect::<Vec<_>>(),
                 "backends": p.members.iter().map(backend_json).collect::<Vec<_>>(),
             })
         })

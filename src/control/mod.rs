@@ -7,6 +7,7 @@
 //! | [`health`] | active health checks, one task per backend |
 //! | [`turn_health`] | TURN servers' checks: STUN Binding (or TCP connect), one task per URL |
 //! | [`membership`] | backends added and removed through the admin API, merged with the file's; the state file |
+//! | [`scale`] | scale hooks: the up hook when headroom runs low, idle backends drained out |
 //! | [`admin`] | the admin listener: metrics, status, the page, admin states, reload |
 
 pub mod admin;
@@ -14,4 +15,5 @@ pub mod health;
 pub mod membership;
 pub mod reload;
 pub mod runtime;
+pub mod scale;
 pub mod turn_health;

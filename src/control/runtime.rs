@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigError, OnDown};
 use crate::control::health::HealthCheckers;
 use crate::control::membership::{self, ApiBackends};
+use crate::control::scale::{self, Scaler};
 use crate::control::turn_health::TurnCheckers;
 use crate::control::{admin, reload};
 use crate::metrics::{Metrics, TunnelEnd};
@@ -53,6 +54,8 @@ pub struct Runtime {
     file_config: Mutex<Arc<Config>>,
     /// Backends added through the admin API.
     api: Mutex<ApiBackends>,
+    /// The scale hooks' memory and decisions.
+    pub(super) scaler: Scaler,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -106,6 +109,7 @@ impl Runtime {
             }),
             file_config,
             api: Mutex::new(api),
+            scaler: Scaler::default(),
         }))
     }
 
@@ -121,6 +125,7 @@ impl Runtime {
         self.health.sync(&self.snapshot());
         self.turn_health.sync(&self.snapshot());
         reload::start(self.clone(), stop.clone());
+        tokio::spawn(scale::run(self.clone(), stop.clone()));
         if let Some(admin) = admin {
             tracing::info!(addr = %admin.local_addr()?, "admin listening");
             tokio::spawn(admin::serve(admin, self.clone(), stop));
@@ -143,6 +148,16 @@ impl Runtime {
     /// Backends added through the admin API (the guard serialises changes to them).
     pub(super) fn api_backends(&self) -> std::sync::MutexGuard<'_, ApiBackends> {
         self.api.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The scale hooks' latest decisions for `pool`.
+    pub fn scale_decisions(&self, pool: &str) -> Vec<scale::Decision> {
+        self.scaler.decisions(pool)
+    }
+
+    /// The current snapshot, to keep across an `.await`.
+    pub fn snapshot_full(&self) -> Arc<Snapshot> {
+        self.shared.snapshot_full()
     }
 
     /// The state the data path reads.

@@ -18,6 +18,7 @@ mod layers;
 mod machine;
 mod membership;
 mod reload;
+mod scale;
 mod sticky;
 mod turn;
 mod turn_credentials;
