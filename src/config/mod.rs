@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+pub mod members;
 mod raw;
 mod types;
 mod validate;

@@ -63,7 +63,7 @@ impl Runtime {
         config.limits.workers = current.config.limits.workers;
         config.limits.pin_workers = current.config.limits.pin_workers;
         let max_connections = config.limits.max_connections;
-        let merged = super::membership::merged(&config, &self.api_backends());
+        let merged = crate::config::members::merged(&config, &self.api_backends());
         self.set_file_config(config);
         let snap = Arc::new(Snapshot::assemble(merged, tls, &self.registry));
         self.shared().publish(snap.clone());

@@ -12,12 +12,11 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::members::{self, ApiBackends};
 use crate::config::{Config, ConfigError, OnDown};
 use crate::control::health::HealthCheckers;
-use crate::control::membership::{self, ApiBackends};
-use crate::control::scale::{self, Scaler};
 use crate::control::turn_health::TurnCheckers;
-use crate::control::{admin, reload};
+use crate::control::{admin, reload, scale};
 use crate::metrics::{Metrics, TunnelEnd};
 use crate::state::backend::{AdminState, Backend};
 use crate::state::registry::Registry;
@@ -55,7 +54,7 @@ pub struct Runtime {
     /// Backends added through the admin API.
     api: Mutex<ApiBackends>,
     /// The scale hooks' memory and decisions.
-    pub(super) scaler: Scaler,
+    pub(super) scaler: scale::Scaler,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -85,7 +84,7 @@ impl Runtime {
         let registry = Registry::new(Arc::new(Metrics::new()));
         let slots = config.limits.max_connections;
         let api = match &config.admin.state_file {
-            Some(path) => membership::load_state(path)?,
+            Some(path) => members::load_state(path)?,
             None => ApiBackends::new(),
         };
         if !api.is_empty() {
@@ -94,7 +93,7 @@ impl Runtime {
                 "backends added through the admin API, from the state file"
             );
         }
-        let snapshot = Snapshot::build(membership::merged(&config, &api), &registry)?;
+        let snapshot = Snapshot::build(members::merged(&config, &api), &registry)?;
         let file_config = Mutex::new(Arc::new(config));
         let shared = Arc::new(Shared::new(snapshot, registry.metrics().clone()));
         Ok(Arc::new(Runtime {
@@ -109,7 +108,7 @@ impl Runtime {
             }),
             file_config,
             api: Mutex::new(api),
-            scaler: Scaler::default(),
+            scaler: scale::Scaler::default(),
         }))
     }
 
