@@ -108,15 +108,7 @@ impl Handler {
                 drop(snap);
                 let resp = self.answer_own(own, &req, conn).await;
                 if self.shared.snapshot().config.log.access {
-                    tracing::info!(
-                        target: "rtcgate::access",
-                        client = %conn.peer,
-                        %method,
-                        %path,
-                        status = resp.status().as_u16(),
-                        backend = "-",
-                        ms = started.elapsed().as_secs_f64() * 1e3,
-                    );
+                    log_access(conn, &method, path, resp.status(), None, started);
                 }
                 return resp;
             }
@@ -142,17 +134,9 @@ impl Handler {
             backend.metrics.answered(resp.status().as_u16());
             pool.duration.observe(started.elapsed().as_secs_f64());
         }
-        let backend = placed_on.as_ref().map(|(b, _)| &*b.id);
         if access_log {
-            tracing::info!(
-                target: "rtcgate::access",
-                client = %conn.peer,
-                %method,
-                %path,
-                status = resp.status().as_u16(),
-                backend = backend.unwrap_or("-"),
-                ms = started.elapsed().as_secs_f64() * 1e3,
-            );
+            let backend = placed_on.as_ref().map(|(b, _)| &*b.id);
+            log_access(conn, &method, path, resp.status(), backend, started);
         }
         resp
     }
@@ -513,6 +497,26 @@ impl Handler {
         *out.headers_mut() = headers;
         Ok(out)
     }
+}
+
+/// The access log's line for one answered request.
+fn log_access(
+    conn: &ConnInfo,
+    method: &http::Method,
+    path: &str,
+    status: StatusCode,
+    backend: Option<&str>,
+    started: Instant,
+) {
+    tracing::info!(
+        target: "rtcgate::access",
+        client = %conn.peer,
+        %method,
+        %path,
+        status = status.as_u16(),
+        backend = backend.unwrap_or("-"),
+        ms = started.elapsed().as_secs_f64() * 1e3,
+    );
 }
 
 /// A request's plan: the placement decision, carried out of the snapshot's scope, with the

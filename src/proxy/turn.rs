@@ -111,16 +111,32 @@ pub(super) async fn answer<B>(
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
+    match credentials(client, shared, snap, turn, req, conn, false).await {
+        Ok(ice) => json_response(StatusCode::OK, ice),
+        Err(denied) => json_response(denied.status, serde_json::json!({ "error": denied.why })),
+    }
+}
+
+/// Credentials for the client, when `auth` lets it have them: counted and, when refused, logged.
+async fn credentials<B>(
+    client: &AuthClient,
+    shared: &Shared,
+    snap: &Snapshot,
+    turn: &Turn,
+    req: &Request<B>,
+    conn: &ConnInfo,
+    placing: bool,
+) -> Result<serde_json::Value, Denied> {
     let counters = &shared.metrics.turn_credentials;
-    match authorize(client, shared, snap, turn, req, conn, false).await {
+    match authorize(client, shared, snap, turn, req, conn, placing).await {
         Ok(user) => {
             counters[0].inc();
-            json_response(StatusCode::OK, ice_json(turn, snap, &user))
+            Ok(ice_json(turn, snap, &user))
         }
         Err(denied) => {
             counters[1].inc();
             tracing::info!(client = %conn.peer, status = denied.status.as_u16(), why = %denied.why, "TURN credentials refused");
-            json_response(denied.status, serde_json::json!({ "error": denied.why }))
+            Err(denied)
         }
     }
 }
@@ -135,17 +151,10 @@ pub(super) async fn ice_servers<B>(
     conn: &ConnInfo,
 ) -> Option<serde_json::Value> {
     let turn = snap.config.turn.as_ref()?;
-    match authorize(client, shared, snap, turn, req, conn, true).await {
-        Ok(user) => {
-            shared.metrics.turn_credentials[0].inc();
-            Some(ice_json(turn, snap, &user)["iceServers"].take())
-        }
-        Err(denied) => {
-            shared.metrics.turn_credentials[1].inc();
-            tracing::info!(client = %conn.peer, why = %denied.why, "discovery answered without TURN credentials");
-            None
-        }
-    }
+    let mut ice = credentials(client, shared, snap, turn, req, conn, true)
+        .await
+        .ok()?;
+    Some(ice["iceServers"].take())
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody> {
