@@ -8,6 +8,7 @@
 //! with the same settings keeps its checker (and its counters); one that leaves loses it.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,61 +24,49 @@ use crate::config::{HealthConfig, OnDown};
 use crate::state::backend::{AdminState, Backend, Check};
 use crate::state::snapshot::Snapshot;
 
-type Key = (Arc<str>, Arc<str>, SocketAddr);
-
-struct Running {
-    config: HealthConfig,
-    on_down: OnDown,
-    /// Where it checks.
-    addr: SocketAddr,
-    stop: CancellationToken,
+/// Checker tasks by key, each with the settings it was started with: [`Checkers::sync`] keeps
+/// a checker whose settings stay, restarts one whose settings changed, starts new ones and
+/// stops those no longer wanted. Backends' and TURN servers' checkers alike.
+pub struct Checkers<K, S> {
+    running: Mutex<HashMap<K, (S, CancellationToken)>>,
 }
 
-/// The checker tasks, one per backend of the current snapshot.
-#[derive(Default)]
-pub struct HealthCheckers {
-    running: Mutex<HashMap<Key, Running>>,
+impl<K, S> Default for Checkers<K, S> {
+    fn default() -> Self {
+        Checkers {
+            running: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
-impl HealthCheckers {
-    /// Starts, keeps or stops checkers so that exactly the members of `snap` are checked, each
-    /// with its pool's settings. Must be called from within a tokio runtime.
-    pub fn sync(&self, snap: &Snapshot) {
+impl<K: Eq + Hash, S: PartialEq> Checkers<K, S> {
+    /// Makes the running checkers exactly `wanted`: (key, settings, what `start` needs).
+    /// `start` spawns a checker that stops when its token is cancelled. Must be called from
+    /// within a tokio runtime.
+    pub fn sync<T>(
+        &self,
+        wanted: impl IntoIterator<Item = (K, S, T)>,
+        start: impl Fn(T, &S, CancellationToken),
+    ) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = HashMap::new();
-        for pool in &snap.pools {
-            for m in &pool.members {
-                let b = &m.backend;
-                let key = (b.pool.clone(), b.id.clone(), b.addr);
-                let (config, addr) = (pool.config.health.clone(), m.check_addr);
-                let on_down = pool.config.on_down;
-                match running.remove(&key) {
-                    Some(r) if r.config == config && r.addr == addr && r.on_down == on_down => {
-                        next.insert(key, r);
+        for (key, settings, target) in wanted {
+            match running.remove(&key) {
+                Some((s, stop)) if s == settings => {
+                    next.insert(key, (s, stop));
+                }
+                old => {
+                    if let Some((_, stop)) = old {
+                        stop.cancel();
                     }
-                    old => {
-                        if let Some(old) = old {
-                            old.stop.cancel();
-                        }
-                        let stop = CancellationToken::new();
-                        let checking =
-                            check_loop(b.clone(), addr, config.clone(), on_down, stop.clone());
-                        tokio::spawn(checking);
-                        next.insert(
-                            key,
-                            Running {
-                                config,
-                                on_down,
-                                addr,
-                                stop,
-                            },
-                        );
-                    }
+                    let stop = CancellationToken::new();
+                    start(target, &settings, stop.clone());
+                    next.insert(key, (settings, stop));
                 }
             }
         }
-        for (_, gone) in running.drain() {
-            gone.stop.cancel();
+        for (_, (_, gone)) in running.drain() {
+            gone.cancel();
         }
         *running = next;
     }
@@ -85,9 +74,45 @@ impl HealthCheckers {
     /// Stops every checker.
     pub fn stop_all(&self) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, r) in running.drain() {
-            r.stop.cancel();
+        for (_, (_, stop)) in running.drain() {
+            stop.cancel();
         }
+    }
+}
+
+/// A backend checker's settings: its pool's health settings, where it checks, `on_down`.
+type BackendCheck = (HealthConfig, SocketAddr, OnDown);
+
+/// The checker tasks, one per backend of the current snapshot.
+#[derive(Default)]
+pub struct HealthCheckers {
+    checkers: Checkers<(Arc<str>, Arc<str>, SocketAddr), BackendCheck>,
+}
+
+impl HealthCheckers {
+    /// Starts, keeps or stops checkers so that exactly the members of `snap` are checked, each
+    /// with its pool's settings. Must be called from within a tokio runtime.
+    pub fn sync(&self, snap: &Snapshot) {
+        let wanted = snap.pools.iter().flat_map(|pool| {
+            pool.members.iter().map(|m| {
+                let b = &m.backend;
+                let settings = (
+                    pool.config.health.clone(),
+                    m.check_addr,
+                    pool.config.on_down,
+                );
+                ((b.pool.clone(), b.id.clone(), b.addr), settings, b.clone())
+            })
+        });
+        self.checkers
+            .sync(wanted, |backend, (config, addr, on_down), stop| {
+                tokio::spawn(check_loop(backend, *addr, config.clone(), *on_down, stop));
+            });
+    }
+
+    /// Stops every checker.
+    pub fn stop_all(&self) {
+        self.checkers.stop_all();
     }
 }
 

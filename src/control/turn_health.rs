@@ -4,16 +4,15 @@
 //!
 //! [`TurnCheckers::sync`] makes the running checkers match a snapshot, one per URL.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{HealthConfig, TurnUrl};
-use crate::control::health::jittered;
+use crate::control::health::{jittered, Checkers};
 use crate::state::health::CheckRecord;
 use crate::state::snapshot::Snapshot;
 use crate::state::turn::TurnServer;
@@ -23,60 +22,30 @@ const MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
 const BINDING_REQUEST: [u8; 2] = [0x00, 0x01];
 const BINDING_SUCCESS: [u8; 2] = [0x01, 0x01];
 
-struct Running {
-    server: Arc<TurnServer>,
-    config: HealthConfig,
-    stop: CancellationToken,
-}
-
 /// One checker task per TURN URL of the current snapshot.
 #[derive(Default)]
 pub struct TurnCheckers {
-    running: Mutex<HashMap<String, Running>>,
+    checkers: Checkers<String, (TurnUrl, HealthConfig)>,
 }
 
 impl TurnCheckers {
     /// Starts, keeps or stops checkers so that exactly the TURN servers of `snap` are checked.
     pub fn sync(&self, snap: &Snapshot) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        let mut next = HashMap::new();
         let config = snap.config.turn.as_ref().map(|t| &t.health);
-        for server in config.map_or(&[][..], |_| &snap.turn[..]) {
-            let Some(config) = config.cloned() else { break };
-            let key = server.url.url.clone();
-            match running.remove(&key) {
-                Some(r) if Arc::ptr_eq(&r.server, server) && r.config == config => {
-                    next.insert(key, r);
-                }
-                old => {
-                    if let Some(old) = old {
-                        old.stop.cancel();
-                    }
-                    let stop = CancellationToken::new();
-                    tokio::spawn(check_loop(server.clone(), config.clone(), stop.clone()));
-                    next.insert(
-                        key,
-                        Running {
-                            server: server.clone(),
-                            config,
-                            stop,
-                        },
-                    );
-                }
-            }
-        }
-        for (_, gone) in running.drain() {
-            gone.stop.cancel();
-        }
-        *running = next;
+        let wanted = config.into_iter().flat_map(|config| {
+            snap.turn.iter().map(move |server| {
+                let settings = (server.url.clone(), config.clone());
+                (server.url.url.clone(), settings, server.clone())
+            })
+        });
+        self.checkers.sync(wanted, |server, (_, config), stop| {
+            tokio::spawn(check_loop(server, config.clone(), stop));
+        });
     }
 
     /// Stops every checker.
     pub fn stop_all(&self) {
-        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, r) in running.drain() {
-            r.stop.cancel();
-        }
+        self.checkers.stop_all();
     }
 }
 
