@@ -35,6 +35,8 @@ pub(super) struct RawListen {
     pub(super) https: Option<String>,
     pub(super) http: Option<String>,
     pub(super) admin: Option<String>,
+    #[serde(default)]
+    pub(super) proxy_protocol: Vec<String>,
 }
 
 #[derive(Deserialize)]

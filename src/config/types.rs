@@ -41,6 +41,15 @@ pub struct Listen {
     pub https: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// Listeners whose connections start with a PROXY protocol header (v1 or v2).
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// Which public listeners expect a PROXY protocol header (`listen.proxy_protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    pub https: bool,
+    pub http: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -90,7 +90,28 @@ impl Validator<'_> {
                 .as_deref()
                 .map(|s| self.addr("listen.admin", s))
                 .transpose()?,
+            proxy_protocol: ProxyProtocol::default(),
         };
+        let mut listen = listen;
+        for (i, name) in raw.listen.proxy_protocol.iter().enumerate() {
+            let key = format!("listen.proxy_protocol[{i}]");
+            match name.trim() {
+                "https" if listen.https.is_some() => listen.proxy_protocol.https = true,
+                "http" if listen.http.is_some() => listen.proxy_protocol.http = true,
+                "https" | "http" => {
+                    return Err(self.err(
+                        key,
+                        format!("{name:?} names a listener that is not configured"),
+                    ))
+                }
+                _ => {
+                    return Err(self.err(
+                        key,
+                        format!("{name:?}: name a public listener, \"https\" or \"http\""),
+                    ))
+                }
+            }
+        }
         if listen.https.is_none() && listen.http.is_none() {
             return Err(self.err("listen", "set at least one of listen.https and listen.http"));
         }

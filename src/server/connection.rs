@@ -25,13 +25,14 @@ use crate::config::Limits;
 use crate::proxy::conn::{ConnInfo, Held};
 use crate::proxy::handler::Handler;
 use crate::server::gate::Gate;
+use crate::server::proxy_header;
 use crate::state::Shared;
 
 /// Serves one accepted client connection to its end: the TLS handshake (on the https
 /// listener) under its timeout, then HTTP under the connection's watchdog. `held` is released
 /// when the connection and every tunnel it became are done.
 pub async fn serve(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     tls: bool,
     mut held: Held,
@@ -44,16 +45,35 @@ pub async fn serve(
             .metrics
             .open_connection(if tls { "https" } else { "http" }),
     );
-    let info = ConnInfo::new(peer, tls, held);
     // This connection's settings: those of the snapshot current when it arrived.
-    let (http, limits, tls_config) = {
+    let (http, limits, tls_config, proxy_protocol) = {
         let snap = shared.snapshot();
+        let pp = snap.config.listen.proxy_protocol;
         (
             snap.http.clone(),
             snap.config.limits.clone(),
             snap.tls.clone(),
+            if tls { pp.https } else { pp.http },
         )
     };
+    // Behind an L4 balancer the client is who the PROXY header names.
+    let peer = if proxy_protocol {
+        let read = proxy_header::read(&mut stream, peer);
+        match tokio::time::timeout(limits.header_read_timeout, read).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                tracing::debug!(from = %peer, error = %e, "no valid PROXY protocol header: closed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(from = %peer, "no PROXY protocol header in time: closed");
+                return;
+            }
+        }
+    } else {
+        peer
+    };
+    let info = ConnInfo::new(peer, tls, held);
     if !tls {
         serve_http(stream, info, &http.auto, &limits, &shutdown, handler).await;
         return;

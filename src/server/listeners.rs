@@ -170,6 +170,7 @@ mod tests {
             https: None,
             http: Some("127.0.0.1:0".parse().expect("address")),
             admin: None,
+            proxy_protocol: Default::default(),
         };
         let first = Listeners::bind(&listen).await.expect("first bind");
         let bound = first

@@ -6,6 +6,7 @@
 //! | [`listeners`] | binding the configured addresses; each worker's own socket (`SO_REUSEPORT`) |
 //! | [`workers`] | the worker threads, their accept loops and the hand-off to the least loaded |
 //! | [`connection`] | one connection: TLS under a timeout, hyper, the header-read and idle watchdog |
+//! | [`proxy_header`] | the PROXY protocol header (v1, v2) an L4 balancer sends first: the client's address |
 //! | [`gate`] | the waker that keeps the watchdog off a busy connection's hot path |
 //!
 //! What a request does is `proxy`'s; the admin listener and everything that changes the
@@ -14,6 +15,7 @@
 pub mod connection;
 mod gate;
 pub mod listeners;
+mod proxy_header;
 pub mod workers;
 
 use std::future::Future;

@@ -17,6 +17,7 @@ mod janus;
 mod layers;
 mod machine;
 mod membership;
+mod proxy_protocol;
 mod reload;
 mod scale;
 mod sticky;
