@@ -37,6 +37,8 @@ pub(super) struct RawListen {
     pub(super) admin: Option<String>,
     #[serde(default)]
     pub(super) proxy_protocol: Vec<String>,
+    #[serde(default)]
+    pub(super) trusted_forwarders: Vec<String>,
 }
 
 #[derive(Deserialize)]

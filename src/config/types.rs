@@ -43,6 +43,17 @@ pub struct Listen {
     pub admin: Option<SocketAddr>,
     /// Listeners whose connections start with a PROXY protocol header (v1 or v2).
     pub proxy_protocol: ProxyProtocol,
+    /// Networks whose `X-Forwarded-For`/`Forwarded` are kept (appended to); everyone else's
+    /// are replaced.
+    pub trusted_forwarders: Vec<ipnet::IpNet>,
+}
+
+impl Listen {
+    /// Whether `client`'s forwarding headers are to be kept.
+    pub fn trusts(&self, client: std::net::IpAddr) -> bool {
+        let client = client.to_canonical();
+        self.trusted_forwarders.iter().any(|n| n.contains(&client))
+    }
 }
 
 /// Which public listeners expect a PROXY protocol header (`listen.proxy_protocol`).

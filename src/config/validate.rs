@@ -91,8 +91,24 @@ impl Validator<'_> {
                 .map(|s| self.addr("listen.admin", s))
                 .transpose()?,
             proxy_protocol: ProxyProtocol::default(),
+            trusted_forwarders: Vec::with_capacity(raw.listen.trusted_forwarders.len()),
         };
         let mut listen = listen;
+        for (i, net) in raw.listen.trusted_forwarders.iter().enumerate() {
+            let t = net.trim();
+            let parsed = t
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    self.err(
+                        format!("listen.trusted_forwarders[{i}]"),
+                        format!(
+                            "{t:?} is not a network; write e.g. \"10.0.0.0/8\" or \"192.0.2.7\""
+                        ),
+                    )
+                })?;
+            listen.trusted_forwarders.push(parsed.trunc());
+        }
         for (i, name) in raw.listen.proxy_protocol.iter().enumerate() {
             let key = format!("listen.proxy_protocol[{i}]");
             match name.trim() {

@@ -37,6 +37,8 @@ pub struct Held {
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// The client is a trusted forwarder: its `X-Forwarded-For`/`Forwarded` are kept.
+    pub(super) trusted: bool,
     /// The client's IP as an `X-Forwarded-For` item.
     pub(super) xff_item: HeaderValue,
     /// `for=…;proto=…`: this hop's `Forwarded` element without the host.
@@ -184,6 +186,11 @@ impl Drop for Responding {
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, tls: bool, held: Held) -> Arc<ConnInfo> {
+        ConnInfo::trusting(peer, tls, false, held)
+    }
+
+    /// A connection from `peer`, whose forwarding headers are kept when `trusted`.
+    pub fn trusting(peer: SocketAddr, tls: bool, trusted: bool, held: Held) -> Arc<ConnInfo> {
         // Built once per connection, without `format!`: an `Ipv4Addr`'s `Display` went through
         // the formatter's padding path, 2,500 instructions a connection (callgrind).
         let ip = ip_text(peer.ip());
@@ -203,6 +210,7 @@ impl ConnInfo {
         Arc::new(ConnInfo {
             peer,
             tls,
+            trusted,
             xff_item: HeaderValue::try_from(ip).unwrap_or(HeaderValue::from_static("unknown")),
             forwarded_for,
             forwarded: OnceLock::new(),

@@ -278,6 +278,12 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Appends the client to `X-Forwarded-For` and `Forwarded`, and sets `X-Forwarded-Proto` and
 /// `X-Forwarded-Host`.
 fn add_forwarding(headers: &mut HeaderMap, conn: &ConnInfo, host: &HeaderValue) {
+    // Only a trusted forwarder's list is continued; anyone else's is replaced by ours, so a
+    // client cannot pass for another address.
+    if !conn.trusted {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(header::FORWARDED);
+    }
     // One lookup per list header: `entry` instead of `contains_key` and then `insert`.
     append_to_list(headers, &X_FORWARDED_FOR, &conn.xff_item);
     // The cache holds a copy of the host: `host` is a view into the connection's read buffer,

@@ -46,7 +46,7 @@ pub async fn serve(
             .open_connection(if tls { "https" } else { "http" }),
     );
     // This connection's settings: those of the snapshot current when it arrived.
-    let (http, limits, tls_config, proxy_protocol) = {
+    let (http, limits, tls_config, proxy_protocol, listen) = {
         let snap = shared.snapshot();
         let pp = snap.config.listen.proxy_protocol;
         (
@@ -54,6 +54,7 @@ pub async fn serve(
             snap.config.limits.clone(),
             snap.tls.clone(),
             if tls { pp.https } else { pp.http },
+            snap.config.clone(),
         )
     };
     // Behind an L4 balancer the client is who the PROXY header names.
@@ -73,7 +74,9 @@ pub async fn serve(
     } else {
         peer
     };
-    let info = ConnInfo::new(peer, tls, held);
+    let trusted = listen.listen.trusts(peer.ip());
+    drop(listen);
+    let info = ConnInfo::trusting(peer, tls, trusted, held);
     if !tls {
         serve_http(stream, info, &http.auto, &limits, &shutdown, handler).await;
         return;

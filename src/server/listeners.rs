@@ -171,6 +171,7 @@ mod tests {
             http: Some("127.0.0.1:0".parse().expect("address")),
             admin: None,
             proxy_protocol: Default::default(),
+            trusted_forwarders: Vec::new(),
         };
         let first = Listeners::bind(&listen).await.expect("first bind");
         let bound = first

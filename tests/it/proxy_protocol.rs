@@ -116,3 +116,42 @@ async fn the_client_is_the_one_the_proxy_header_names() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn only_trusted_forwarders_extend_the_forwarding_headers() {
+    let backends = spawn_backends(1).await;
+    let with = |trusted: &str| {
+        config_for(&backends, "").replacen(
+            "http = \"127.0.0.1:0\"\n",
+            &format!("http = \"127.0.0.1:0\"\nproxy_protocol = [\"http\"]\ntrusted_forwarders = [{trusted}]\n"),
+            1,
+        )
+    };
+    let header = b"PROXY TCP4 203.0.113.7 198.51.100.1 51000 80\r\n";
+    let ask = |addr| async move {
+        let mut s = within("connect", TcpStream::connect(addr))
+            .await
+            .expect("connect");
+        let mut bytes = header.to_vec();
+        bytes.extend_from_slice(b"GET /headers HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 192.0.2.99\r\nForwarded: for=192.0.2.99\r\nConnection: close\r\n\r\n");
+        s.write_all(&bytes).await.expect("write");
+        let mut out = Vec::new();
+        let _ = within("the answer", s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let untrusted = spawn_proxy(&with("")).await;
+    let answer = ask(untrusted.http).await;
+    assert_eq!(forwarded_for(&answer), "203.0.113.7", "replaced: {answer}");
+    assert!(!answer.contains("192.0.2.99"), "{answer}");
+    let trusted = spawn_proxy(&with("\"203.0.113.0/24\"")).await;
+    let answer = ask(trusted.http).await;
+    assert_eq!(
+        forwarded_for(&answer),
+        "192.0.2.99, 203.0.113.7",
+        "kept and extended"
+    );
+    assert!(
+        answer.contains("for=192.0.2.99, for=203.0.113.7"),
+        "{answer}"
+    );
+}
