@@ -399,7 +399,8 @@ mod tests {
     #[test]
     fn forwarded_names_the_host_of_each_request_on_a_connection() {
         let peer: SocketAddr = "192.0.2.7:5000".parse().expect("addr");
-        let conn = ConnInfo::new(peer, true, Held::default());
+        // A trusted forwarder: the list it brings is continued.
+        let conn = ConnInfo::trusting(peer, true, true, Held::default());
         for host in ["a.example", "b.example", "a.example"] {
             let mut h = HeaderMap::new();
             h.insert(
