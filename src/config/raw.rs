@@ -108,24 +108,17 @@ pub(super) struct RawLog {
     pub(super) access: bool,
 }
 
+/// Keys left out take [`Default`]'s values.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawDiscovery {
-    #[serde(default)]
     pub(super) path: String,
-    #[serde(default = "default_discovery_mode")]
     pub(super) mode: DiscoveryMode,
-    #[serde(default = "default_ws_path")]
     pub(super) ws_path: String,
-    #[serde(default)]
     pub(super) public_host: String,
-    #[serde(default = "default_reservation")]
     pub(super) reservation: String,
-    #[serde(default = "default_token_ttl")]
     pub(super) token_ttl: String,
-    #[serde(default = "default_token_param")]
     pub(super) token_param: String,
-    #[serde(default)]
     pub(super) cors_origins: Vec<String>,
 }
 
@@ -144,28 +137,19 @@ impl Default for RawDiscovery {
     }
 }
 
+/// Keys left out take [`Default`]'s values.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawTurn {
-    #[serde(default)]
     pub(super) path: String,
-    #[serde(default)]
     pub(super) secret: String,
-    #[serde(default)]
     pub(super) urls: Vec<String>,
-    #[serde(default = "default_turn_ttl")]
     pub(super) ttl: String,
-    #[serde(default = "default_turn_auth")]
     pub(super) auth: TurnAuth,
-    #[serde(default)]
     pub(super) auth_url: String,
-    #[serde(default = "default_auth_user_header")]
     pub(super) auth_user_header: String,
-    #[serde(default = "default_auth_cache")]
     pub(super) auth_cache: String,
-    #[serde(default = "default_auth_timeout")]
     pub(super) auth_timeout: String,
-    #[serde(default)]
     pub(super) health: RawTurnHealth,
 }
 
@@ -186,16 +170,13 @@ impl Default for RawTurn {
     }
 }
 
+/// Keys left out take [`Default`]'s values.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawTurnHealth {
-    #[serde(default = "default_turn_interval")]
     pub(super) interval: String,
-    #[serde(default = "default_health_timeout")]
     pub(super) timeout: String,
-    #[serde(default = "default_rise_fall")]
     pub(super) rise: u32,
-    #[serde(default = "default_rise_fall")]
     pub(super) fall: u32,
 }
 
@@ -260,20 +241,15 @@ pub(super) struct RawScale {
     pub(super) min_backends: usize,
 }
 
+/// Keys left out take [`Default`]'s values.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub(super) struct RawHealth {
-    #[serde(default = "default_health_path")]
     pub(super) path: String,
-    #[serde(default = "default_health_interval")]
     pub(super) interval: String,
-    #[serde(default = "default_health_timeout")]
     pub(super) timeout: String,
-    #[serde(default = "default_rise_fall")]
     pub(super) rise: u32,
-    #[serde(default = "default_rise_fall")]
     pub(super) fall: u32,
-    #[serde(default)]
     pub(super) port: u16,
 }
 
