@@ -414,6 +414,7 @@ mod tests {
                 port: 0,
             },
             backends: vec![],
+            dns_backends: vec![],
         };
         Pool::new(
             config,

@@ -51,6 +51,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (traffic, admin) = listeners.split();
     let control = runtime.start(admin)?;
+    // The first requests find the backends named by DNS (a lookup is bounded by its timeout).
+    let limit = runtime.snapshot().config.dns.timeout * 2 + std::time::Duration::from_secs(1);
+    runtime.dns().first_round(limit).await;
     let served = server::run(traffic, runtime.shared().clone(), shutdown).await;
     drop(control);
     served

@@ -177,6 +177,8 @@ pub struct Metrics {
     turn_server_up: IntGaugeVec,
     /// `rtcgate_scale_events_total{pool, direction}`: hooks run and backends scaled down.
     pub scale_events: IntCounterVec,
+    /// `rtcgate_dns_lookups_total{pool, result}`: lookups of backends named by DNS.
+    pub dns_lookups: IntCounterVec,
     pub config_reloads: IntCounterVec,
     client_connections: IntGauge,
     client_connections_total: IntCounterVec,
@@ -264,6 +266,7 @@ impl Metrics {
                 ["issued", "denied"].map(|x| v.with_label_values(&[x]))
             },
             turn_server_up: gauge_vec(&r, "rtcgate_turn_server_up", "1 when the TURN server passes its checks.", &["url"]),
+            dns_lookups: counter_vec(&r, "rtcgate_dns_lookups_total", "Lookups of backends named by DNS: ok (addresses), empty (an answer with none: the name's backends drain), error (failed: the addresses stay).", &["pool", "result"]),
             scale_events: counter_vec(&r, "rtcgate_scale_events_total", "Scale decisions carried out: up (the up hook ran), down (an idle backend was drained out).", &["pool", "direction"]),
             config_reloads: counter_vec(&r, "rtcgate_config_reloads_total", "Configuration reloads, by result.", &["result"]),
             client_connections,

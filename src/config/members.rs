@@ -1,7 +1,10 @@
-//! Backends added through the admin API: how they join the file's configuration, and the state
-//! file that keeps them across restarts (`control::membership` changes them).
+//! Backends that are not the file's own lines: those added through the admin API (and the
+//! state file that keeps them across restarts; `control::membership` changes them), and the
+//! addresses of the file's backends named by DNS (`control::dns` resolves them). Here is how
+//! both join the file's configuration.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use super::{ApiBackend, Config, ConfigError};
@@ -9,9 +12,29 @@ use super::{ApiBackend, Config, ConfigError};
 /// Backends added through the admin API, by (pool, id).
 pub type ApiBackends = BTreeMap<(String, String), ApiBackend>;
 
-/// `file` with the API's backends added to their pools; the file's own win a clash.
-pub fn merged(file: &Config, api: &ApiBackends) -> Config {
+/// The addresses each backend named by DNS resolved to last, by (pool, entry id); sorted, no
+/// duplicates. An entry not resolved yet is absent.
+pub type Resolved = BTreeMap<(String, String), Vec<SocketAddr>>;
+
+/// `file` with each DNS entry's addresses as backends of its pool, and the API's backends
+/// added; the file's own win a clash of ids.
+pub fn merged(file: &Config, api: &ApiBackends, resolved: &Resolved) -> Config {
     let mut config = file.clone();
+    for p in &mut config.pools {
+        for d in &p.dns_backends {
+            let Some(addresses) = resolved.get(&(p.name.clone(), d.id.clone())) else {
+                continue;
+            };
+            for a in addresses {
+                let b = d.at(*a);
+                if p.backends.iter().any(|fb| fb.id == b.id) {
+                    tracing::warn!(pool = %p.name, backend = %b.id, "the file lists a backend with the id of one of a DNS name's addresses: the file's wins");
+                    continue;
+                }
+                p.backends.push(b);
+            }
+        }
+    }
     for ((pool, id), b) in api {
         let Some(p) = config.pools.iter_mut().find(|p| p.name == *pool) else {
             tracing::warn!(%pool, backend = %id, "a backend added through the admin API names a pool the file no longer has; it waits for the pool");

@@ -70,11 +70,15 @@ impl PoolConfig {
             health_port: 0,
             public_url: b.public_url.clone().unwrap_or_default(),
         };
-        v.backend(
-            &format!("pools.{}.backends.{id}", self.name),
-            &defaults,
-            raw,
-        )
+        let key = format!("pools.{}.backends.{id}", self.name);
+        match v.backend(&key, &defaults, raw)? {
+            validate::Member::Fixed(b) => Ok(b),
+            validate::Member::Dns(_) => Err(ConfigError {
+                file: source.to_path_buf(),
+                key: format!("{key}.address"),
+                msg: format!("{:?}: a server registering itself names its own IP:port; DNS names belong in the file", b.address),
+            }),
+        }
     }
 }
 

@@ -26,6 +26,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) turn: RawTurn,
     #[serde(default)]
+    pub(super) dns: RawDns,
+    #[serde(default)]
     pub(super) pools: BTreeMap<String, RawPool>,
 }
 
@@ -120,6 +122,24 @@ pub(super) struct RawDiscovery {
     pub(super) token_ttl: String,
     pub(super) token_param: String,
     pub(super) cors_origins: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct RawDns {
+    pub(super) nameservers: Vec<String>,
+    pub(super) interval: String,
+    pub(super) timeout: String,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        RawDns {
+            nameservers: Vec::new(),
+            interval: "10s".into(),
+            timeout: "2s".into(),
+        }
+    }
 }
 
 impl Default for RawDiscovery {

@@ -32,6 +32,8 @@ pub struct Config {
     pub discovery: Option<Discovery>,
     /// TURN credentials; `None` when off.
     pub turn: Option<Turn>,
+    /// How backends named by DNS are resolved.
+    pub dns: DnsConfig,
     /// Pools in name order.
     pub pools: Vec<PoolConfig>,
 }
@@ -321,6 +323,8 @@ pub struct PoolConfig {
     pub slow_start: Duration,
     pub health: HealthConfig,
     pub backends: Vec<BackendConfig>,
+    /// Backends named by DNS: each becomes one backend per address it resolves to.
+    pub dns_backends: Vec<DnsBackend>,
     /// Scale hooks; `None` when off.
     pub scale: Option<ScaleConfig>,
 }
@@ -371,6 +375,77 @@ pub struct BackendConfig {
     pub weight: u32,
     /// The `ws://` or `wss://` URL clients reach it at directly (discovery's direct mode).
     pub public_url: Option<String>,
+}
+
+/// How backends named by DNS are resolved (`[dns]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers asked; empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// Every name is resolved again this often.
+    pub interval: Duration,
+    /// A lookup taking longer has failed (and the addresses it had stay).
+    pub timeout: Duration,
+}
+
+/// What a backend named by DNS asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsLookup {
+    /// `name:port`: the name's A and AAAA records, each at `port`.
+    Host { name: String, port: u16 },
+    /// `_service._proto.name`: its SRV records, each target's addresses at the record's port
+    /// (HAProxy's convention: a name starting with `_` is an SRV query).
+    Srv(String),
+}
+
+impl fmt::Display for DnsLookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DnsLookup::Host { name, port } => write!(f, "{name}:{port}"),
+            DnsLookup::Srv(name) => f.write_str(name),
+        }
+    }
+}
+
+/// A backend whose `address` is a DNS name: one backend per address the name resolves to,
+/// each with these settings and an id of its own that stays the same for the same address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsBackend {
+    /// The entry's id; its backends are `{id}-{ip}-{port}`.
+    pub id: String,
+    pub lookup: DnsLookup,
+    /// The port health is checked on (0: each address's own).
+    pub health_port: u16,
+    pub max_sessions: u32,
+    pub max_rooms: u32,
+    pub weight: u32,
+}
+
+impl DnsBackend {
+    /// The backend at `address`, one of the name's.
+    pub fn at(&self, address: SocketAddr) -> BackendConfig {
+        let ip = address.ip().to_canonical();
+        let address = SocketAddr::new(ip, address.port());
+        let mut check_address = address;
+        if self.health_port != 0 {
+            check_address.set_port(self.health_port);
+        }
+        BackendConfig {
+            // Dots and dashes are allowed in ids, colons are not (the pin token uses them).
+            id: format!(
+                "{}-{}-{}",
+                self.id,
+                ip.to_string().replace(':', "-"),
+                address.port()
+            ),
+            address,
+            check_address,
+            max_sessions: self.max_sessions,
+            max_rooms: self.max_rooms,
+            weight: self.weight,
+            public_url: None,
+        }
+    }
 }
 
 /// A `Host` pattern: `*` (any), `*.example.com` (one or more labels), or an exact name.

@@ -14,6 +14,17 @@ pub(super) struct Validator<'a> {
     pub(super) file: &'a Path,
 }
 
+/// A backend as validated: at a fixed address, or named by DNS.
+pub(super) enum Member {
+    Fixed(BackendConfig),
+    Dns(DnsBackend),
+}
+
+enum Address {
+    Ip(SocketAddr),
+    Dns(DnsLookup),
+}
+
 /// What a pool gives each of its backends unless the backend says otherwise.
 pub(super) struct BackendDefaults {
     pub(super) max_sessions: u32,
@@ -177,6 +188,7 @@ impl Validator<'_> {
         self.check_hosts(&pools)?;
         let discovery = self.discovery(raw.discovery, &pools)?;
         let turn = self.turn(raw.turn)?;
+        let dns = self.dns(raw.dns)?;
         Ok(Config {
             source: self.file.to_path_buf(),
             listen,
@@ -189,7 +201,41 @@ impl Validator<'_> {
             },
             discovery,
             turn,
+            dns,
             pools,
+        })
+    }
+
+    fn dns(&self, d: RawDns) -> Result<DnsConfig, ConfigError> {
+        let mut nameservers = Vec::with_capacity(d.nameservers.len());
+        for (i, ns) in d.nameservers.iter().enumerate() {
+            let t = ns.trim();
+            let parsed = t
+                .parse::<SocketAddr>()
+                .or_else(|_| t.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    self.err(
+                        format!("dns.nameservers[{i}]"),
+                        format!("{t:?} is not a name server; write an IP (port 53) or IP:port, e.g. \"10.96.0.10\" or \"127.0.0.1:8600\""),
+                    )
+                })?;
+            nameservers.push(parsed);
+        }
+        let interval = self.duration("dns.interval", &d.interval)?;
+        let timeout = self.duration("dns.timeout", &d.timeout)?;
+        if interval < Duration::from_millis(100) {
+            return Err(self.err("dns.interval", "must be at least 100ms"));
+        }
+        if timeout.is_zero() || timeout > interval {
+            return Err(self.err(
+                "dns.timeout",
+                "must be greater than zero and at most dns.interval",
+            ));
+        }
+        Ok(DnsConfig {
+            nameservers,
+            interval,
+            timeout,
         })
     }
 
@@ -397,6 +443,7 @@ impl Validator<'_> {
         let machine_param = Some(p.machine_param.trim().to_string()).filter(|m| !m.is_empty());
         let health = self.health(&at, p.health)?;
         let mut backends = Vec::with_capacity(p.backends.len());
+        let mut dns_backends = Vec::new();
         let mut ids = HashSet::new();
         let defaults = BackendDefaults {
             max_sessions: p.max_sessions,
@@ -411,7 +458,10 @@ impl Validator<'_> {
                     format!("{:?} is used twice in pool {name}", b.id),
                 ));
             }
-            backends.push(self.backend(&key, &defaults, b)?);
+            match self.backend(&key, &defaults, b)? {
+                Member::Fixed(b) => backends.push(b),
+                Member::Dns(b) => dns_backends.push(b),
+            }
         }
         let scale = p.scale.map(|sc| self.scale(&at, sc)).transpose()?;
         Ok(PoolConfig {
@@ -427,6 +477,7 @@ impl Validator<'_> {
             slow_start: self.duration(&format!("{at}.slow_start"), &p.slow_start)?,
             health,
             backends,
+            dns_backends,
             name,
         })
     }
@@ -516,7 +567,7 @@ impl Validator<'_> {
         key: &str,
         defaults: &BackendDefaults,
         b: RawBackend,
-    ) -> Result<BackendConfig, ConfigError> {
+    ) -> Result<Member, ConfigError> {
         if b.id.is_empty()
             || !b
                 .id
@@ -535,17 +586,38 @@ impl Validator<'_> {
         if !(1..=1000).contains(&b.weight) {
             return Err(self.err(format!("{key}.weight"), "must be from 1 to 1000"));
         }
-        let address = self.addr(&format!("{key}.address"), &b.address)?;
+        let health_port = match b.health_port {
+            0 => defaults.health_port,
+            port => port,
+        };
+        let address = match self.backend_address(&format!("{key}.address"), &b.address)? {
+            Address::Ip(address) => address,
+            Address::Dns(lookup) => {
+                if !b.public_url.trim().is_empty() {
+                    return Err(self.err(
+                        format!("{key}.public_url"),
+                        "a backend named by DNS stands for several servers, and one URL cannot name each of them; leave public_url out",
+                    ));
+                }
+                return Ok(Member::Dns(DnsBackend {
+                    id: b.id,
+                    lookup,
+                    health_port,
+                    max_sessions,
+                    max_rooms: b.max_rooms.unwrap_or(defaults.max_rooms),
+                    weight: b.weight,
+                }));
+            }
+        };
         let mut check_address = address;
-        match (b.health_port, defaults.health_port) {
-            (0, 0) => {}
-            (0, port) | (port, _) => check_address.set_port(port),
+        if health_port != 0 {
+            check_address.set_port(health_port);
         }
         let public_url = match b.public_url.trim() {
             "" => None,
             url => Some(self.ws_url(&format!("{key}.public_url"), url)?),
         };
-        Ok(BackendConfig {
+        Ok(Member::Fixed(BackendConfig {
             address,
             check_address,
             id: b.id,
@@ -553,7 +625,48 @@ impl Validator<'_> {
             max_rooms: b.max_rooms.unwrap_or(defaults.max_rooms),
             weight: b.weight,
             public_url,
-        })
+        }))
+    }
+
+    /// A backend's address: `IP:port`, `name:port` (its A and AAAA records) or
+    /// `_service._proto.name` (its SRV records).
+    fn backend_address(&self, key: &str, s: &str) -> Result<Address, ConfigError> {
+        let s = s.trim();
+        if let Ok(address) = s.parse() {
+            return Ok(Address::Ip(address));
+        }
+        let bad = || {
+            self.err(
+                key,
+                format!("{s:?} is not an address; write IP:port (\"127.0.0.1:9001\", \"[::1]:9001\"), a DNS name and port (\"media.example.internal:8188\") or an SRV name (\"_janus._tcp.media.example.internal\")"),
+            )
+        };
+        let name = |n: &str| {
+            let n = n.strip_suffix('.').unwrap_or(n);
+            let ok = !n.is_empty()
+                && n.len() <= 253
+                && n.parse::<IpAddr>().is_err()
+                && n.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c))
+                });
+            ok.then(|| n.to_ascii_lowercase())
+        };
+        if s.starts_with('_') {
+            return name(s)
+                .map(|n| Address::Dns(DnsLookup::Srv(n)))
+                .ok_or_else(bad);
+        }
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(bad)?;
+        let name = name(host).ok_or_else(bad)?;
+        Ok(Address::Dns(DnsLookup::Host { name, port }))
     }
 
     /// A `ws://` or `wss://` URL with a host.
@@ -648,6 +761,12 @@ impl Validator<'_> {
         }
         if d.mode == DiscoveryMode::Direct {
             for p in pools {
+                if let Some(b) = p.dns_backends.first() {
+                    return Err(self.err(
+                        format!("pools.{}.backends", p.name),
+                        format!("discovery.mode is \"direct\", which hands out each backend's own public_url; backend {:?} is named by DNS and its addresses have none", b.id),
+                    ));
+                }
                 if let Some(b) = p.backends.iter().find(|b| b.public_url.is_none()) {
                     return Err(self.err(
                         format!("pools.{}.backends", p.name),

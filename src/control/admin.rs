@@ -314,6 +314,27 @@ fn backend_json(m: &Member) -> serde_json::Value {
     })
 }
 
+/// A pool's backends named by DNS: each name, its addresses' backends, its last lookup.
+fn dns_json(runtime: &Runtime, p: &crate::config::PoolConfig) -> Vec<serde_json::Value> {
+    let resolved = runtime.dns().resolved();
+    p.dns_backends
+        .iter()
+        .map(|d| {
+            let addresses = resolved.get(&(p.name.clone(), d.id.clone()));
+            let outcome = runtime.dns().outcome(&p.name, &d.id);
+            json!({
+                "id": d.id,
+                "name": d.lookup.to_string(),
+                "backends": addresses.into_iter().flatten().map(|a| d.at(*a).id).collect::<Vec<_>>(),
+                "last_lookup": outcome.map(|o| json!({
+                    "at": humantime::format_rfc3339_seconds(o.at).to_string(),
+                    "error": o.error,
+                })),
+            })
+        })
+        .collect()
+}
+
 fn check_json(c: CheckRecord) -> serde_json::Value {
     json!({
         "at": humantime::format_rfc3339_seconds(c.at).to_string(),
@@ -342,6 +363,7 @@ pub fn status(runtime: &Runtime, snap: &Snapshot) -> serde_json::Value {
                     "decision": d.what,
                 })).collect::<Vec<_>>(),
                 "backends": p.members.iter().map(backend_json).collect::<Vec<_>>(),
+                "dns": dns_json(runtime, &p.config),
             })
         })
         .collect();

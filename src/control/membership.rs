@@ -98,10 +98,10 @@ impl Runtime {
     }
 
     /// A snapshot of `file` merged with `api`, published, with the checkers brought in line.
-    fn rebuild(&self, file: &Config, api: &ApiBackends) {
+    pub(super) fn rebuild(&self, file: &Config, api: &ApiBackends) {
         let current = self.shared().snapshot_full();
         let snap = Arc::new(Snapshot::assemble(
-            merged(file, api),
+            merged(file, api, &self.dns.resolved()),
             current.tls.clone(),
             &self.registry,
         ));

@@ -7,10 +7,12 @@
 //! | [`health`] | active health checks, one task per backend |
 //! | [`turn_health`] | TURN servers' checks: STUN Binding (or TCP connect), one task per URL |
 //! | [`membership`] | backends added and removed through the admin API, merged with the file's; the state file |
+//! | [`dns`] | backends named by DNS: one per address, looked up every interval, vanished ones drained out |
 //! | [`scale`] | scale hooks: the up hook when headroom runs low, idle backends drained out |
 //! | [`admin`] | the admin listener: metrics, status, the page, admin states, reload |
 
 pub mod admin;
+pub mod dns;
 pub mod health;
 pub mod membership;
 pub mod reload;

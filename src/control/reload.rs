@@ -63,13 +63,16 @@ impl Runtime {
         config.limits.workers = current.config.limits.workers;
         config.limits.pin_workers = current.config.limits.pin_workers;
         let max_connections = config.limits.max_connections;
-        let merged = crate::config::members::merged(&config, &self.api_backends());
+        let merged =
+            crate::config::members::merged(&config, &self.api_backends(), &self.dns.resolved());
         self.set_file_config(config);
         let snap = Arc::new(Snapshot::assemble(merged, tls, &self.registry));
         self.shared().publish(snap.clone());
         self.resize_connection_slots(max_connections);
         self.health.sync(&snap);
         self.turn_health.sync(&snap);
+        // New names are looked up at once, not at the next interval.
+        self.dns.kick();
         self.metrics()
             .config_reloads
             .with_label_values(&["ok"])

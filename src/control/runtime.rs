@@ -16,7 +16,7 @@ use crate::config::members::{self, ApiBackends};
 use crate::config::{Config, ConfigError, OnDown};
 use crate::control::health::HealthCheckers;
 use crate::control::turn_health::TurnCheckers;
-use crate::control::{admin, reload, scale};
+use crate::control::{admin, dns, reload, scale};
 use crate::metrics::{Metrics, TunnelEnd};
 use crate::state::backend::{AdminState, Backend};
 use crate::state::registry::Registry;
@@ -55,6 +55,8 @@ pub struct Runtime {
     api: Mutex<ApiBackends>,
     /// The scale hooks' memory and decisions.
     pub(super) scaler: scale::Scaler,
+    /// The addresses of backends named by DNS.
+    pub(super) dns: dns::Dns,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -93,7 +95,10 @@ impl Runtime {
                 "backends added through the admin API, from the state file"
             );
         }
-        let snapshot = Snapshot::build(members::merged(&config, &api), &registry)?;
+        let snapshot = Snapshot::build(
+            members::merged(&config, &api, &members::Resolved::new()),
+            &registry,
+        )?;
         let file_config = Mutex::new(Arc::new(config));
         let shared = Arc::new(Shared::new(snapshot, registry.metrics().clone()));
         Ok(Arc::new(Runtime {
@@ -109,6 +114,7 @@ impl Runtime {
             file_config,
             api: Mutex::new(api),
             scaler: scale::Scaler::default(),
+            dns: dns::Dns::default(),
         }))
     }
 
@@ -125,6 +131,7 @@ impl Runtime {
         self.turn_health.sync(&self.snapshot());
         reload::start(self.clone(), stop.clone());
         tokio::spawn(scale::run(self.clone(), stop.clone()));
+        tokio::spawn(dns::run(self.clone(), stop.clone()));
         if let Some(admin) = admin {
             tracing::info!(addr = %admin.local_addr()?, "admin listening");
             tokio::spawn(admin::serve(admin, self.clone(), stop));
@@ -147,6 +154,11 @@ impl Runtime {
     /// Backends added through the admin API (the guard serialises changes to them).
     pub(super) fn api_backends(&self) -> std::sync::MutexGuard<'_, ApiBackends> {
         self.api.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The addresses of backends named by DNS, and their lookups.
+    pub fn dns(&self) -> &dns::Dns {
+        &self.dns
     }
 
     /// The scale hooks' latest decisions for `pool`.

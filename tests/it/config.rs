@@ -309,3 +309,70 @@ fn turn_and_discovery_settings_are_checked_with_their_keys() {
         assert!(err.contains(key), "{key}: {err}");
     }
 }
+
+#[test]
+fn backends_named_by_dns_and_the_dns_table_are_checked_with_their_keys() {
+    let (certs, text) = good();
+    let named = |address: &str| text.replace("127.0.0.1:9001", address);
+    let c = load(certs.dir.path(), &named("Media.Example.Internal:8188")).expect("a name");
+    assert!(c.pools[0].backends.is_empty(), "resolved at run time");
+    assert_eq!(
+        c.pools[0].dns_backends[0].lookup.to_string(),
+        "media.example.internal:8188"
+    );
+    let c = load(certs.dir.path(), &named("_janus._tcp.media.internal")).expect("an SRV name");
+    assert_eq!(
+        c.pools[0].dns_backends[0].lookup.to_string(),
+        "_janus._tcp.media.internal"
+    );
+    assert_eq!(
+        c.dns.interval,
+        std::time::Duration::from_secs(10),
+        "default interval"
+    );
+    for bad in [
+        "media.internal",
+        "media.internal:0",
+        "a b.internal:80",
+        "x..y:80",
+        "_srv._tcp.a b",
+    ] {
+        let err = load(certs.dir.path(), &named(bad)).expect_err(bad);
+        assert!(
+            err.contains("pools.media.backends[0].address"),
+            "{bad}: {err}"
+        );
+        assert!(
+            err.contains("SRV name"),
+            "the error says what to write: {err}"
+        );
+    }
+    let with_url = named("media.internal:80").replace(
+        "address = \"media.internal:80\"",
+        "address = \"media.internal:80\"\npublic_url = \"wss://m.example.com/\"",
+    );
+    let err = load(certs.dir.path(), &with_url).expect_err("one URL for many servers");
+    assert!(err.contains("pools.media.backends[0].public_url"), "{err}");
+    let direct = format!(
+        "{}\n[discovery]\npath = \"/x\"\nmode = \"direct\"\n",
+        named("media.internal:80")
+    );
+    let err = load(certs.dir.path(), &direct).expect_err("direct mode needs a URL per server");
+    assert!(err.contains("named by DNS"), "{err}");
+    for (lines, key) in [
+        ("nameservers = [\"dns.example\"]", "dns.nameservers[0]"),
+        ("interval = \"10ms\"", "dns.interval"),
+        ("interval = \"1s\"\ntimeout = \"2s\"", "dns.timeout"),
+        ("resolver = \"x\"", "resolver"),
+    ] {
+        let err = load(certs.dir.path(), &format!("{text}\n[dns]\n{lines}\n")).expect_err(key);
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    let c = load(
+        certs.dir.path(),
+        &format!("{text}\n[dns]\nnameservers = [\"10.96.0.10\", \"127.0.0.1:8600\"]\n"),
+    )
+    .expect("name servers");
+    assert_eq!(c.dns.nameservers[0].port(), 53, "port 53 unless given");
+    assert_eq!(c.dns.nameservers[1].port(), 8600);
+}

@@ -11,6 +11,7 @@ mod call;
 mod capacity;
 mod config;
 mod discovery;
+mod dns;
 mod front_door;
 mod health;
 mod janus;

@@ -10,6 +10,7 @@
 //! | `ws.rs` | WebSocket handshakes, echoes and closes |
 //! | `janus.rs` | a pool of real Janus gateways, and a Janus API client |
 //! | `coturn.rs` | a real TURN server with REST credentials, and an allocation check |
+//! | `dns.rs` | a DNS server on 127.0.0.1 with a zone the test edits |
 //! | `browser.rs` | headless Chromium with the flags a closed machine needs |
 
 use std::net::SocketAddr;
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 mod browser;
 mod client;
 mod coturn;
+mod dns;
 mod janus;
 mod proxy;
 mod ws;
@@ -30,6 +32,7 @@ mod ws;
 pub use browser::*;
 pub use client::*;
 pub use coturn::*;
+pub use dns::*;
 pub use janus::*;
 pub use proxy::*;
 pub use ws::*;
