@@ -98,6 +98,7 @@ pub(super) struct RawLimits {
     pub(super) connect_timeout: Option<String>,
     pub(super) response_timeout: Option<String>,
     pub(super) shutdown_grace: Option<String>,
+    pub(super) shutdown_delay: Option<String>,
     pub(super) tunnel_idle_timeout: Option<String>,
     pub(super) upstream_idle_per_backend: Option<usize>,
     pub(super) upstream_idle_timeout: Option<String>,

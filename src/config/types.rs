@@ -205,6 +205,9 @@ pub struct Limits {
     pub response_timeout: Duration,
     /// Time in-flight requests get to finish after SIGTERM/SIGINT.
     pub shutdown_grace: Duration,
+    /// After SIGTERM/SIGINT, time spent still accepting and serving while `/ready` answers 503,
+    /// so that balancers stop sending new connections before the listeners close.
+    pub shutdown_delay: Duration,
     /// A WebSocket tunnel with no bytes moving either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
     /// Idle keep-alive connections kept per backend.

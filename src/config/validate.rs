@@ -365,6 +365,11 @@ impl Validator<'_> {
                 &l.shutdown_grace,
                 Duration::from_secs(30),
             )?,
+            shutdown_delay: self.opt_duration(
+                "limits.shutdown_delay",
+                &l.shutdown_delay,
+                Duration::ZERO,
+            )?,
             tunnel_idle_timeout: self.opt_duration(
                 "limits.tunnel_idle_timeout",
                 &l.tunnel_idle_timeout,

@@ -84,6 +84,25 @@ async fn route(runtime: &Runtime, req: Request<Incoming>) -> Response<Body> {
                 text,
             )
         }),
+        // Kubernetes' probes: alive while it answers; ready until shutdown begins.
+        ["live"] => get_only(&method, || {
+            reply(StatusCode::OK, "text/plain", "live\n".into())
+        }),
+        ["ready"] => get_only(&method, || {
+            if runtime
+                .shared()
+                .stopping
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "stopping\n".into(),
+                )
+            } else {
+                reply(StatusCode::OK, "text/plain", "ready\n".into())
+            }
+        }),
         ["status"] => get_only(&method, || {
             json_reply(StatusCode::OK, status(runtime, &runtime.snapshot()))
         }),

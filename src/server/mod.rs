@@ -29,7 +29,8 @@ use crate::state::Shared;
 
 pub use crate::server::listeners::Listeners;
 
-/// Serves `traffic` until `shutdown` completes, then stops accepting, gives in-flight requests
+/// Serves `traffic` until `shutdown` completes; then `/ready` fails, and after
+/// `limits.shutdown_delay` (still serving) it stops accepting, gives in-flight requests
 /// and open tunnels `limits.shutdown_grace` to finish, sends the tunnels still open a close
 /// frame (1001), and returns.
 ///
@@ -46,7 +47,21 @@ pub async fn run(
     let workers = Workers::start(traffic, shared.clone())?;
 
     shutdown.await;
-    let grace = shared.snapshot().config.limits.shutdown_grace;
+    shared
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let (grace, delay) = {
+        let limits = &shared.snapshot().config.limits;
+        (limits.shutdown_grace, limits.shutdown_delay)
+    };
+    if !delay.is_zero() {
+        // Balancers see /ready fail and take this instance out while it still serves.
+        tracing::info!(
+            ?delay,
+            "shutting down: /ready answers 503; still accepting for shutdown_delay"
+        );
+        tokio::time::sleep(delay).await;
+    }
     tracing::info!(
         ?grace,
         "shutting down: no new connections, in-flight requests may finish"

@@ -47,6 +47,8 @@ pub struct Shared {
     pub tasks: TaskTracker,
     /// Slots under `max_connections`: a client connection holds one for its whole life.
     pub connection_slots: Arc<Semaphore>,
+    /// Set when shutdown begins: `/ready` answers 503 from then on.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -67,6 +69,7 @@ impl Shared {
             metrics,
             tasks: TaskTracker::new(),
             connection_slots: Arc::new(Semaphore::new(slots)),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -364,3 +364,37 @@ async fn client_connections_are_shared_evenly_by_the_worker_threads() {
         "worker 0 serves {w0}, worker 1 serves {w1}"
     );
 }
+
+/// Kubernetes' probes: `/live` answers while the process does; `/ready` fails from the moment
+/// shutdown begins, and for `shutdown_delay` the proxy still accepts and serves, so the
+/// endpoint is removed before the listeners close.
+#[tokio::test]
+async fn ready_fails_when_shutdown_begins_while_the_delay_still_serves() {
+    let backends = spawn_backends(1).await;
+    let mut proxy = spawn_proxy(&config_for(&backends, "shutdown_delay = \"3s\"")).await;
+    let mut admin = proxy.admin().await;
+    assert_eq!(admin.get("/live").await.status, StatusCode::OK);
+    assert_eq!(admin.get("/ready").await.status, StatusCode::OK);
+
+    let stopped = proxy.shutdown();
+    eventually("/ready fails once shutdown begins", async || {
+        proxy.admin().await.get("/ready").await.status == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    assert_eq!(
+        proxy.admin().await.get("/live").await.status,
+        StatusCode::OK
+    );
+    let mut late = proxy.h1().await;
+    let r = late.get("/").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "a connection opened in the delay is served"
+    );
+    assert!(!stopped.is_finished(), "still in the delay");
+    within("shutdown after the delay", stopped)
+        .await
+        .expect("join")
+        .expect("clean exit");
+}
