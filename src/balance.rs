@@ -42,10 +42,12 @@ pub fn eligible(m: &Member) -> bool {
 /// [`eligible`], ignoring health when `fail_open`.
 fn eligible_in(m: &Member, fail_open: bool) -> bool {
     let b = &m.backend;
-    (fail_open || b.is_up())
-        && b.admin() == AdminState::Enabled
-        && b.claimed() < m.max_sessions
-        && b.agent_weight() > 0
+    (fail_open || b.is_up()) && b.admin() == AdminState::Enabled && !full(m) && b.agent_weight() > 0
+}
+
+/// Whether a backend's sessions and reservations are at its session cap.
+fn full(m: &Member) -> bool {
+    m.backend.claimed() >= m.max_sessions
 }
 
 /// Whether a backend can take a room it does not hold yet: below its `max_rooms`, if any.
@@ -92,13 +94,15 @@ pub fn place<'a>(
     if let Some(room) = room {
         // A room with open tunnels stays where it is while its backend can take the user: a
         // room's own sessions must not count as the load that pushes it elsewhere.
-        let live = room
-            .live_on
-            .and_then(|id| pool.member(id))
-            .filter(|m| eligible(m) || pinned.is_some_and(|p| std::ptr::eq(p, *m) && serving(m)));
+        let live = room.live_on.and_then(|id| pool.member(id));
         let member = match live {
-            Some(m) => m,
-            None => room_backend(pool, room.name, pinned, None)?,
+            Some(m) if eligible(m) || pinned.is_some_and(|p| std::ptr::eq(p, m) && serving(m)) => m,
+            // Its backend is serving and enabled but at its session cap: the user waits rather
+            // than split the room over two servers, whose participants could not meet.
+            Some(m) if serving(m) && m.backend.admin() == AdminState::Enabled && full(m) => {
+                return Err(Rejection::Full)
+            }
+            _ => room_backend(pool, room.name, pinned, None)?,
         };
         let same = pinned.is_some_and(|p| std::ptr::eq(p, member));
         return Ok(Placement {
@@ -351,6 +355,10 @@ fn room_backend_in<'a>(
         if !eligible(m) {
             return false;
         }
+        if factor == 0.0 {
+            // The bounded-load rule is off: a room goes to its first backend that has space.
+            return true;
+        }
         let share = u64::from(m.weight) as f64 / total_weight as f64;
         let slots = (factor * (total_load + 1) as f64 * share).ceil();
         (m.backend.load() as f64) < slots
@@ -581,6 +589,53 @@ mod tests {
         )
         .expect("placed");
         assert_eq!((got.outcome, got.set_cookie), (Outcome::Hit, false));
+    }
+
+    #[test]
+    fn a_live_room_on_a_full_backend_waits_rather_than_splits() {
+        let p = pool_with(3, 2, Duration::ZERO);
+        let room = |live_on| {
+            Some(Room {
+                name: "call",
+                live_on,
+            })
+        };
+        let home = place(&p, CookiePin::None, room(None), WhenDown::Repin)
+            .expect("placed")
+            .member;
+        let held: Vec<_> = (0..2)
+            .filter_map(|_| home.backend.reserve(Some(2)))
+            .collect();
+        assert_eq!(held.len(), 2, "filled");
+        let got = place(
+            &p,
+            CookiePin::None,
+            room(Some(&home.backend.id)),
+            WhenDown::Repin,
+        );
+        assert_eq!(got.err(), Some(Rejection::Full), "the room stays whole");
+        let other = place(&p, CookiePin::None, room(None), WhenDown::Repin)
+            .expect("a room not live here is placed afresh")
+            .member;
+        assert!(!std::ptr::eq(home, other));
+    }
+
+    #[test]
+    fn with_the_balance_factor_off_a_room_goes_to_its_first_backend_however_loaded() {
+        let mut p = pool(3);
+        p.config.room_balance_factor = 0.0;
+        let room = Some(Room {
+            name: "big",
+            live_on: None,
+        });
+        let first = place(&p, CookiePin::None, room, WhenDown::Repin)
+            .expect("placed")
+            .member;
+        let _busy: Vec<_> = (0..50).map(|_| first.backend.start_request()).collect();
+        let again = place(&p, CookiePin::None, room, WhenDown::Repin)
+            .expect("placed")
+            .member;
+        assert!(std::ptr::eq(first, again), "no bounded-load spill");
     }
 
     #[test]

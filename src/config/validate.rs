@@ -435,10 +435,12 @@ impl Validator<'_> {
             .map(|h| HostPattern::parse(h))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| self.err(format!("{at}.hosts"), m))?;
-        if !(p.room_balance_factor >= 1.0 && p.room_balance_factor.is_finite()) {
+        if !((p.room_balance_factor >= 1.0 || p.room_balance_factor == 0.0)
+            && p.room_balance_factor.is_finite())
+        {
             return Err(self.err(
                 format!("{at}.room_balance_factor"),
-                "must be a number of at least 1.0",
+                "must be a number of at least 1.0, or 0 (off)",
             ));
         }
         if p.max_sessions == 0 {

@@ -60,6 +60,40 @@ pub struct DemoBackend {
     stop: CancellationToken,
     /// What `/health` says in `X-Rtcgate-Agent`, if anything (a backend reporting its load).
     agent: std::sync::Mutex<Option<HeaderValue>>,
+    /// Its open echo WebSockets, by room; reported in `/health` while `reporting` is set.
+    live: std::sync::Mutex<LiveLoad>,
+    reporting: AtomicBool,
+}
+
+/// A demo backend's own count of its WebSocket sessions, as a media server would keep it.
+#[derive(Debug, Default)]
+pub struct LiveLoad {
+    pub sessions: u32,
+    /// The most sessions open at once so far.
+    pub peak: u32,
+    /// Open sessions by room (the `room` query parameter; "" for none).
+    pub rooms: std::collections::HashMap<String, u32>,
+    /// When each session opened, in order.
+    pub opened: Vec<std::time::Instant>,
+}
+
+/// Counts one open session of a [`DemoBackend`] until dropped.
+struct LiveSession {
+    backend: Arc<DemoBackend>,
+    room: String,
+}
+
+impl Drop for LiveSession {
+    fn drop(&mut self) {
+        let mut live = self.backend.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.sessions = live.sessions.saturating_sub(1);
+        if let Some(n) = live.rooms.get_mut(&self.room) {
+            *n -= 1;
+            if *n == 0 {
+                live.rooms.remove(&self.room);
+            }
+        }
+    }
 }
 
 impl DemoBackend {
@@ -84,6 +118,8 @@ impl DemoBackend {
             calls: Calls::default(),
             stop: CancellationToken::new(),
             agent: std::sync::Mutex::new(None),
+            live: std::sync::Mutex::default(),
+            reporting: AtomicBool::new(false),
         });
         tokio::spawn(backend.clone().accept_loop(listener));
         backend
@@ -114,6 +150,30 @@ impl DemoBackend {
     pub fn set_agent(&self, words: Option<&str>) {
         let v = words.and_then(|w| HeaderValue::from_str(w).ok());
         *self.agent.lock().unwrap_or_else(|e| e.into_inner()) = v;
+    }
+
+    /// Makes `/health` report its own open WebSockets in `X-Rtcgate-Agent` (`up sessions=N
+    /// rooms=M`, rooms counting the named ones), as a media server shared by several rtcgate
+    /// instances would.
+    pub fn report_load(&self, on: bool) {
+        self.reporting.store(on, Ordering::Relaxed);
+    }
+
+    /// Runs `f` on its own count of its WebSocket sessions.
+    pub fn live_load<T>(&self, f: impl FnOnce(&LiveLoad) -> T) -> T {
+        f(&self.live.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn open_session(self: &Arc<Self>, room: &str) -> LiveSession {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.sessions += 1;
+        live.peak = live.peak.max(live.sessions);
+        live.opened.push(std::time::Instant::now());
+        *live.rooms.entry(room.to_string()).or_default() += 1;
+        LiveSession {
+            backend: self.clone(),
+            room: room.to_string(),
+        }
     }
 
     /// Watches the bytes `/sink` has received.
@@ -184,7 +244,11 @@ impl DemoBackend {
             })
         } else if is_websocket(&req) && req.uri().path() != "/ws-refuse" {
             let stop = self.stop.clone();
-            Self::accept_websocket(req, move |ws| echo(ws, stop))
+            let session = self.open_session(query(&req, "room").unwrap_or(""));
+            Self::accept_websocket(req, move |ws| async move {
+                echo(ws, stop).await;
+                drop(session);
+            })
         } else {
             match (req.method(), req.uri().path()) {
                 (_, "/health") if self.healthy.load(Ordering::Relaxed) => {
@@ -217,7 +281,15 @@ impl DemoBackend {
         if let Ok(v) = HeaderValue::from_str(&self.id) {
             resp.headers_mut().insert("x-backend-id", v);
         }
-        if req_is_health {
+        if req_is_health && self.reporting.load(Ordering::Relaxed) {
+            let report = self.live_load(|l| {
+                let rooms = l.rooms.keys().filter(|r| !r.is_empty()).count();
+                format!("up sessions={} rooms={rooms}", l.sessions)
+            });
+            if let Ok(v) = HeaderValue::from_str(&report) {
+                resp.headers_mut().insert("x-rtcgate-agent", v);
+            }
+        } else if req_is_health {
             let agent = self.agent.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(v) = agent {
                 resp.headers_mut().insert("x-rtcgate-agent", v);

@@ -12,6 +12,7 @@ mod capacity;
 mod config;
 mod discovery;
 mod dns;
+mod fleet;
 mod front_door;
 mod health;
 mod janus;

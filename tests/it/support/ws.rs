@@ -38,11 +38,11 @@ impl<S> WsReply<S> {
 }
 
 /// `cookie` as the one header of a request, or none.
-pub(super) fn cookie_header(cookie: Option<&str>) -> Vec<(&'static str, &str)> {
+pub fn cookie_header(cookie: Option<&str>) -> Vec<(&'static str, &str)> {
     cookie.map(|c| ("cookie", c)).into_iter().collect()
 }
 
-pub(super) async fn ws_handshake<S>(io: S, url: &str, headers: &[(&str, &str)]) -> WsReply<S>
+pub async fn ws_handshake<S>(io: S, url: &str, headers: &[(&str, &str)]) -> WsReply<S>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
