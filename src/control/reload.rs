@@ -166,6 +166,20 @@ fn canonical(path: &Path) -> Option<PathBuf> {
     Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
 }
 
+/// What each file resolves to through any symlinks, with its size and time of change.
+fn fingerprint(files: &HashSet<PathBuf>) -> Vec<Option<(PathBuf, u64, Option<SystemTime>)>> {
+    let mut v: Vec<_> = files
+        .iter()
+        .map(|f| {
+            let real = std::fs::canonicalize(f).ok()?;
+            let meta = std::fs::metadata(&real).ok()?;
+            Some((real, meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn watch_files(runtime: Arc<Runtime>, stop: CancellationToken) -> notify::Result<()> {
     let files: HashSet<PathBuf> = watched_files(&runtime.snapshot().config)
         .iter()
@@ -177,12 +191,19 @@ fn watch_files(runtime: Arc<Runtime>, stop: CancellationToken) -> notify::Result
         .collect();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let interesting = files.clone();
+    let mut last = fingerprint(&interesting);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         if event.kind.is_access() {
             return;
         }
-        if event.paths.iter().any(|p| interesting.contains(p)) {
+        // An event naming a file, or one that changed what a file resolves to: Kubernetes
+        // updates a mounted ConfigMap or Secret by swapping a `..data` symlink, and no event
+        // names the files themselves.
+        let now = fingerprint(&interesting);
+        let moved = now != last;
+        last = now;
+        if moved || event.paths.iter().any(|p| interesting.contains(p)) {
             let _ = tx.send(());
         }
     })?;

@@ -333,3 +333,42 @@ async fn a_removed_backend_in_maintenance_stays_out_and_cannot_be_re_enabled() {
         .expect("req");
     assert_eq!(admin.fetch(req).await.status, StatusCode::CONFLICT);
 }
+
+/// Kubernetes mounts a ConfigMap or Secret as symlinks into a `..data` folder and updates it by
+/// swapping `..data` (the kubelet's atomic writer): no event names the config file itself.
+#[tokio::test]
+async fn a_config_mounted_the_kubernetes_way_reloads_at_every_update() {
+    let backends = spawn_backends(3).await;
+    let certs = make_certs();
+    let conf = certs.dir.path().join("conf");
+    std::fs::create_dir(&conf).expect("conf");
+    // Relative paths are resolved against the config's own folder, `conf/`.
+    let text = |n: usize| {
+        config_for(&backends[..n], "")
+            .replace("\"cert.pem\"", "\"../cert.pem\"")
+            .replace("\"key.pem\"", "\"../key.pem\"")
+    };
+    let publish = |version: usize, n: usize| {
+        let data = conf.join(format!("..2026_12_02_0{version}"));
+        std::fs::create_dir(&data).expect("data dir");
+        std::fs::write(data.join("proxy.toml"), text(n)).expect("write");
+        let tmp = conf.join("..data_tmp");
+        std::os::unix::fs::symlink(data.file_name().expect("name"), &tmp).expect("symlink");
+        std::fs::rename(&tmp, conf.join("..data")).expect("swap ..data");
+        if version > 1 {
+            let old = conf.join(format!("..2026_12_02_0{}", version - 1));
+            std::fs::remove_dir_all(old).expect("remove the old version");
+        }
+    };
+    publish(1, 1);
+    std::os::unix::fs::symlink("..data/proxy.toml", conf.join("proxy.toml")).expect("symlink");
+    let proxy = spawn_proxy_from(certs, &conf.join("proxy.toml")).await;
+    assert_eq!(proxy.member_ids(), vec!["b1".to_string()]);
+    for (version, n) in [(2, 2), (3, 3)] {
+        publish(version, n);
+        eventually("the update is applied", async || {
+            proxy.member_ids().len() == n
+        })
+        .await;
+    }
+}

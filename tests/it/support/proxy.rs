@@ -34,7 +34,12 @@ pub async fn spawn_proxy(toml: &str) -> TestProxy {
     let certs = make_certs();
     let path = certs.dir.path().join("proxy.toml");
     std::fs::write(&path, toml).expect("write config");
-    let config = Config::load(&path).unwrap_or_else(|e| panic!("test config: {e}"));
+    spawn_proxy_from(certs, &path).await
+}
+
+/// The proxy started from the config at `path` (beside `certs`, or wherever the test put it).
+pub async fn spawn_proxy_from(certs: TestCerts, path: &std::path::Path) -> TestProxy {
+    let config = Config::load(path).unwrap_or_else(|e| panic!("test config: {e}"));
     let runtime = Runtime::new(config).unwrap_or_else(|e| panic!("runtime: {e}"));
     let https = TcpListener::bind("127.0.0.1:0").await.expect("bind https");
     let http = TcpListener::bind("127.0.0.1:0").await.expect("bind http");
