@@ -310,6 +310,40 @@ fn turn_and_discovery_settings_are_checked_with_their_keys() {
     }
 }
 
+/// The Kubernetes example's proxy.toml (the Secret's copy) loads, its certificates beside it.
+#[test]
+fn the_kubernetes_example_config_is_valid() {
+    let certs = make_certs();
+    let dir = certs.dir.path();
+    std::fs::create_dir(dir.join("tls")).expect("tls/");
+    std::fs::copy(dir.join("cert.pem"), dir.join("tls/tls.crt")).expect("cert");
+    std::fs::copy(dir.join("key.pem"), dir.join("tls/tls.key")).expect("key");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/kubernetes/proxy.toml");
+    let text = std::fs::read_to_string(&example).expect("examples/kubernetes/proxy.toml");
+    let c = load(dir, &text).unwrap_or_else(|e| panic!("{e}"));
+    rtcgate::settings::tls::server_config(&c).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        c.pools[0].dns_backends.len(),
+        1,
+        "the media StatefulSet, by SRV"
+    );
+    let secret =
+        std::fs::read_to_string(example.with_file_name("secret-config.yaml")).expect("secret");
+    let embedded: String = secret
+        .split_once("proxy.toml: |\n")
+        .expect("the Secret's proxy.toml")
+        .1
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert_eq!(
+        embedded.trim_end(),
+        text.trim_end(),
+        "the Secret carries the same proxy.toml"
+    );
+}
+
 #[test]
 fn backends_named_by_dns_and_the_dns_table_are_checked_with_their_keys() {
     let (certs, text) = good();
