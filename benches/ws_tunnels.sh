@@ -9,7 +9,9 @@
 #     - resident memory per tunnel: (VmRSS after opening+holding - VmRSS before) / tunnels held,
 #       read from /proc/PID/status of the proxy process;
 #     - echo round-trip p50/p99 in ms (second pass = rtt_p50_ms/rtt_p99_ms; first = rtt1_*);
-#     - failures: connect/handshake errors, wrong echoes, closed tunnels, timeouts.
+#     - failures: connect/handshake errors, wrong echoes, closed tunnels, timeouts;
+#     - the kernel's memory for the tunnels' sockets (KERNEL lines): TCP buffer pages from
+#       /proc/net/sockstat and slab from /proc/meminfo, machine-wide, per socket added.
 #   rtcgate: release build, plain HTTP listener, 3 backends, sticky cookie, default settings.
 #   HAProxy 2.6 (Debian): mode http, nbthread 2, leastconn, `cookie SRV insert indirect nocache`,
 #   timeout tunnel 1h. Goal (issue): rtcgate grows by at most 4 KiB per idle tunnel at N=9000
@@ -185,11 +187,26 @@ wait_ready "http://127.0.0.1:$HAP_PORT/health" "$HAP_PID" haproxy
 log "haproxy ready (pid $HAP_PID, maxconn $HAP_MAXCONN)"
 
 # ---------------------------------------------------------------- 8. measure
+# The kernel's side, machine-wide: TCP sockets in use and their buffer pages (/proc/net/sockstat)
+# and slab memory (socket structs, files, epoll items; /proc/meminfo). Sampled before a run and
+# while its tunnels are held; each tunnel is 4 sockets on this machine (tool, proxy's two,
+# backend), of which the proxy holds 2.
+# The proxy's CPU time so far (utime + stime), in seconds: sampled before a run and while its
+# tunnels are held, the difference is what opening them (and one echo each) cost it.
+cpu_seconds() {
+    awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"
+}
+kernel_sample() {
+    awk '/^TCP:/ {for (i = 2; i < NF; i += 2) print "tcp_" $i, $(i + 1)}' /proc/net/sockstat
+    awk '/^Slab:/ {print "slab_kib", $2}' /proc/meminfo
+}
 # smaps_rollup of the proxy while the tunnels are held: sampled by a helper that waits for
 # the tool's "holding" line on stderr (the tool holds for HOLD s before its own RSS read).
 run_tool() { # label url pid
     local label=$1 url=$2 pid=$3 rc=0
     log "$label: $N tunnels to $url (proxy pid $pid)"
+    kernel_sample >"$TMP/$label.kernel0"
+    cpu_seconds "$pid" >"$TMP/$label.cpu0"
     "$TOOL" --url "$url" --tunnels "$N" --pid "$pid" --concurrency "$CONCURRENCY" \
         --hold-secs "$HOLD" --label "$label" >"$TMP/$label.out" 2> >(
             while IFS= read -r line; do
@@ -198,6 +215,8 @@ run_tool() { # label url pid
                     grep -E '^(Rss|Pss_Anon|Pss_File|Anonymous|Private_Dirty)' \
                         "/proc/$pid/smaps_rollup" >"$TMP/$label.smaps" 2>/dev/null || true
                     awk '/^Threads:/ {print "Threads:", $2}' "/proc/$pid/status" >>"$TMP/$label.smaps" 2>/dev/null || true
+                    kernel_sample >"$TMP/$label.kernel"
+                    cpu_seconds "$pid" >"$TMP/$label.cpu"
                 fi
             done
         ) || rc=$?
@@ -214,6 +233,25 @@ for label in rtcgate haproxy; do
     if [[ -s "$TMP/$label.smaps" ]]; then
         echo "$label while holding (smaps_rollup, KiB): $(tr -s ' ' <"$TMP/$label.smaps" | sed 's/ kB//' | paste -sd' ')"
     fi
+done
+for label in rtcgate haproxy; do
+    [[ -s "$TMP/$label.kernel" && -s "$TMP/$label.kernel0" ]] || continue
+    python3 - "$label" "$TMP/$label.kernel0" "$TMP/$label.kernel" <<'PY'
+import sys
+label, before, during = sys.argv[1], *(dict(l.split() for l in open(p)) for p in sys.argv[2:])
+d = {k: int(during[k]) - int(before[k]) for k in during if k in before}
+sockets = d.get("tcp_inuse", 0)
+if sockets > 0:
+    kib = d.get("slab_kib", 0) + d.get("tcp_mem", 0) * 4
+    print(f"KERNEL {label} tcp_sockets_added={sockets} tcp_buffer_pages_added={d.get('tcp_mem', 0)} "
+          f"slab_kib_added={d.get('slab_kib', 0)} kib_per_socket={kib / sockets:.2f} "
+          f"proxy_kib_per_tunnel={2 * kib / sockets:.2f}")
+PY
+done
+for label in rtcgate haproxy; do
+    [[ -s "$TMP/$label.cpu" && -s "$TMP/$label.cpu0" ]] || continue
+    awk -v l="$label" -v n="$N" 'NR == FNR {a = $1; next} {printf "CPU %s open_cpu_s=%.2f us_per_tunnel_opened=%.0f\n", l, $1 - a, ($1 - a) * 1e6 / n}' \
+        "$TMP/$label.cpu0" "$TMP/$label.cpu"
 done
 for name in rtcgate haproxy; do
     if [[ -s "$TMP/$name.log" ]]; then
