@@ -46,6 +46,8 @@ pub(super) struct RawListen {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
+    #[serde(default)]
+    pub(super) ticket_keys: String,
     pub(super) cert: String,
     pub(super) key: String,
     #[serde(default)]

@@ -77,6 +77,8 @@ pub struct TlsFiles {
     pub default: CertFiles,
     /// Extra certificates chosen by SNI server name.
     pub sni: Vec<SniCert>,
+    /// A file of session-ticket keys shared by several instances; `None`: the process's own.
+    pub ticket_keys: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

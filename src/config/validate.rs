@@ -271,7 +271,15 @@ impl Validator<'_> {
                 },
             });
         }
-        Ok(TlsFiles { default, sni })
+        let ticket_keys = match t.ticket_keys.trim() {
+            "" => None,
+            f => Some(self.file("tls.ticket_keys", f)?),
+        };
+        Ok(TlsFiles {
+            default,
+            sni,
+            ticket_keys,
+        })
     }
 
     fn sticky(&self, s: RawSticky) -> Result<Sticky, ConfigError> {

@@ -153,6 +153,7 @@ fn watched_files(config: &Config) -> Vec<PathBuf> {
             files.push(s.files.cert.clone());
             files.push(s.files.key.clone());
         }
+        files.extend(tls.ticket_keys.clone());
     }
     files
 }

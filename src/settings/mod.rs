@@ -1,6 +1,7 @@
 //! What parts of the configuration compile into for serving: the TLS server config
-//! ([`tls`]) and the HTTP server builders ([`http`]). Both are built once per snapshot, so a
+//! ([`tls`]) with its session tickets ([`tickets`]), and the HTTP server builders ([`http`]). Both are built once per snapshot, so a
 //! reload applies them to new connections while open ones keep theirs.
 
 pub mod http;
+pub mod tickets;
 pub mod tls;

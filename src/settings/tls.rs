@@ -59,6 +59,10 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<ServerConfig>>, Confi
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     tls.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    // Stateless resumption: every returning client can resume, not only those a session cache
+    // still holds; with a shared key file, on any instance.
+    tls.ticketer = super::tickets::ticketer(files.ticket_keys.as_deref())
+        .map_err(|m| err("tls.ticket_keys", m))?;
     Ok(Some(Arc::new(tls)))
 }
 

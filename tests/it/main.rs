@@ -23,6 +23,7 @@ mod proxy_protocol;
 mod reload;
 mod scale;
 mod sticky;
+mod tls_resumption;
 mod turn;
 mod turn_credentials;
 mod websocket;
