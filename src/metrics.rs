@@ -179,6 +179,9 @@ pub struct Metrics {
     pub scale_events: IntCounterVec,
     /// `rtcgate_dns_lookups_total{pool, result}`: lookups of backends named by DNS.
     pub dns_lookups: IntCounterVec,
+    /// `rtcgate_conflicting_framing_total{from}`: messages with both Transfer-Encoding and
+    /// Content-Length, passed on framed by the first.
+    conflicting_framing: IntCounterVec,
     pub config_reloads: IntCounterVec,
     client_connections: IntGauge,
     client_connections_total: IntCounterVec,
@@ -266,6 +269,7 @@ impl Metrics {
                 ["issued", "denied"].map(|x| v.with_label_values(&[x]))
             },
             turn_server_up: gauge_vec(&r, "rtcgate_turn_server_up", "1 when the TURN server passes its checks.", &["url"]),
+            conflicting_framing: counter_vec(&r, "rtcgate_conflicting_framing_total", "Messages that carried both Transfer-Encoding and Content-Length, by who sent them (client, backend): framed by Transfer-Encoding, the Content-Length dropped (RFC 9112 §6.3).", &["from"]),
             dns_lookups: counter_vec(&r, "rtcgate_dns_lookups_total", "Lookups of backends named by DNS: ok (addresses), empty (an answer with none: the name's backends drain), error (failed: the addresses stay).", &["pool", "result"]),
             scale_events: counter_vec(&r, "rtcgate_scale_events_total", "Scale decisions carried out: up (the up hook ran), down (an idle backend was drained out).", &["pool", "direction"]),
             config_reloads: counter_vec(&r, "rtcgate_config_reloads_total", "Configuration reloads, by result.", &["result"]),
@@ -305,6 +309,12 @@ impl Metrics {
             discovery: ["ok", "error"].map(|r| self.discovery.with_label_values(&[pool, r])),
             requests: self.requests.clone(),
         }
+    }
+
+    /// Counts a message with both Transfer-Encoding and Content-Length, from a client or not.
+    pub fn conflicting_framing(&self, from_client: bool) {
+        let from = if from_client { "client" } else { "backend" };
+        self.conflicting_framing.with_label_values(&[from]).inc();
     }
 
     /// Counts a discovery call that named no pool rtcgate has (and came for no host it routes).

@@ -30,8 +30,8 @@ use crate::proxy::conn::ConnInfo;
 use crate::proxy::discovery;
 use crate::proxy::error::{classify, ProxyError};
 use crate::proxy::headers::{
-    machine_of, request_host, room_of, strip_hop_by_hop, strip_port, upstream_request,
-    without_query_param,
+    checked_host, machine_of, room_of, strip_hop_by_hop, strip_port, strip_unused_controls,
+    upstream_request, without_query_param,
 };
 use crate::proxy::pump;
 use crate::proxy::tunnel;
@@ -176,7 +176,7 @@ impl Handler {
         req: &mut Request<Incoming>,
         tls: bool,
     ) -> Result<Plan, ProxyError> {
-        let host = request_host(req).ok_or(ProxyError::BadRequest("the request names no host"))?;
+        let host = checked_host(req)?;
         let pool = snap
             .route(strip_port(host))
             .ok_or_else(|| ProxyError::NoRoute(host.to_string()))?;
@@ -282,6 +282,8 @@ impl Handler {
             room,
             pool_metrics: pool.metrics.clone(),
             tls,
+            rooms_on: pool.config.room_param.is_some(),
+            machines_on: pool.config.machine_param.is_some(),
             rise: pool.config.health.rise,
             fall: pool.config.health.fall,
             on_down: pool.config.on_down,
@@ -301,7 +303,11 @@ impl Handler {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let kind = placed.websocket;
         let client_upgrade = kind.map(|_| hyper::upgrade::on(&mut req));
-        let (mut upstream, accept) = upstream_request(req, conn, kind)?;
+        let (mut upstream, accept, conflicting) = upstream_request(req, conn, kind)?;
+        if conflicting {
+            self.shared.metrics.conflicting_framing(true);
+        }
+        strip_unused_controls(upstream.headers_mut(), placed.rooms_on, placed.machines_on);
         let deadline = tokio::time::Instant::from_std(started) + placed.response_timeout;
         let mut timer = conn.response_timer(deadline);
         let mut retried = false;
@@ -352,7 +358,10 @@ impl Handler {
                 return self.open_tunnel(kind, &accept, client, resp, placed, conn.clone());
             }
         }
-        strip_hop_by_hop(resp.headers_mut());
+        if strip_hop_by_hop(resp.headers_mut()) {
+            tracing::debug!(backend = %placed.backend.id, "the backend's response had both Transfer-Encoding and Content-Length: framed by the first, the second dropped");
+            self.shared.metrics.conflicting_framing(false);
+        }
         if let Some(cookie) = placed.set_cookie {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
@@ -540,6 +549,9 @@ struct Plan {
     pool_metrics: Arc<PoolMetrics>,
     /// Whether the client came over TLS (for the cookie's Secure attribute).
     tls: bool,
+    /// Whether the pool has rooms and machine pins on (their headers are stripped where not).
+    rooms_on: bool,
+    machines_on: bool,
     /// The pool's health thresholds, for passive failures.
     rise: u32,
     fall: u32,

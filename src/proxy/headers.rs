@@ -77,17 +77,96 @@ pub(super) fn without_query_param(uri: &Uri, param: &str) -> Uri {
     Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
-/// The host a request is for: the HTTP/2 `:authority` or the HTTP/1.1 `Host` header.
+/// The host a request is for: the HTTP/2 `:authority` (or an absolute-form target's), else the
+/// HTTP/1.1 `Host` header; `None` when it names none, or one [`checked_host`] refuses.
 pub(super) fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .filter(|h| !h.is_empty())
+    checked_host(req).ok()
+}
+
+/// The host a request is for, as [`request_host`], or why the request is refused (RFC 9112
+/// §3.2: a request with more than one `Host`, or an invalid one, gets 400). An authority with
+/// userinfo (`user@host`) is refused too: no client needs it, and it makes a host that reads
+/// one way to rtcgate and another to a backend.
+pub(super) fn checked_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
+    let host = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => {
+            let mut hosts = req.headers().get_all(header::HOST).iter();
+            let first = hosts
+                .next()
+                .ok_or(ProxyError::BadRequest("the request names no host"))?;
+            if hosts.next().is_some() {
+                return Err(ProxyError::BadRequest("the request has two Host headers"));
+            }
+            first
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("invalid Host"))?
+        }
+    };
+    if host.is_empty() {
+        return Err(ProxyError::BadRequest("the request names no host"));
+    }
+    if !valid_host(host) {
+        return Err(ProxyError::BadRequest("invalid Host"));
+    }
+    Ok(host)
+}
+
+/// RFC 9110 §7.2's `uri-host [ ":" port ]`: an IPv6 literal in brackets, or a reg-name (an IPv4
+/// address is one) of unreserved characters, percent-escapes and sub-delims (RFC 3986
+/// §3.2.2), and digits after the colon. No userinfo, no path, no spaces.
+pub fn valid_host(h: &str) -> bool {
+    let (name, port) = match h.strip_prefix('[') {
+        Some(rest) => {
+            let Some((literal, after)) = rest.split_once(']') else {
+                return false;
+            };
+            if literal.parse::<std::net::Ipv6Addr>().is_err() {
+                return false;
+            }
+            match after.strip_prefix(':') {
+                Some(port) => (None, port),
+                None if after.is_empty() => (None, ""),
+                None => return false,
+            }
+        }
+        None => match h.rsplit_once(':') {
+            Some((name, port)) => (Some(name), port),
+            None => (Some(h), ""),
+        },
+    };
+    let reg_name = |s: &str| {
+        let b = s.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'%' if i + 2 < b.len()
+                    && b[i + 1].is_ascii_hexdigit()
+                    && b[i + 2].is_ascii_hexdigit() =>
+                {
+                    i += 3;
+                    continue;
+                }
+                c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c) => {}
+                _ => return false,
+            }
+            i += 1;
+        }
+        !s.is_empty()
+    };
+    port.len() <= 5 && port.bytes().all(|c| c.is_ascii_digit()) && name.is_none_or(reg_name)
+}
+
+/// Takes out the control headers of features the pool has off (`X-Rtcgate-Room` with rooms
+/// off, `X-Rtcgate-Machine` with machine pins off): they chose nothing, and a backend must not
+/// read a choice into them.
+pub(super) fn strip_unused_controls(headers: &mut HeaderMap, rooms: bool, machines: bool) {
+    if !rooms {
+        headers.remove(&X_RTCGATE_ROOM);
+    }
+    if !machines {
+        headers.remove(&X_RTCGATE_MACHINE);
+    }
 }
 
 /// `host[:port]` → `host`, leaving IPv6 literals' brackets alone.
@@ -105,7 +184,7 @@ pub(super) fn upstream_request(
     req: Request<Incoming>,
     conn: &ConnInfo,
     websocket: Option<tunnel::Kind>,
-) -> Result<(Request<UpstreamBody>, Option<String>), ProxyError> {
+) -> Result<(Request<UpstreamBody>, Option<String>, bool), ProxyError> {
     let (mut parts, body) = req.into_parts();
     if parts.method == Method::CONNECT && websocket.is_none() {
         return Err(ProxyError::BadRequest("CONNECT is not supported here"));
@@ -129,7 +208,7 @@ pub(super) fn upstream_request(
     let client_version = parts.version;
     // Room for the forwarding headers, so adding them does not regrow the map.
     parts.headers.reserve(5);
-    strip_hop_by_hop(&mut parts.headers);
+    let conflicting = strip_hop_by_hop(&mut parts.headers);
     if client_version == Version::HTTP_2 {
         join_cookies(&mut parts.headers);
     }
@@ -146,7 +225,11 @@ pub(super) fn upstream_request(
     parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
     let Some(kind) = websocket else {
-        return Ok((Request::from_parts(parts, Either::Left(body)), None));
+        return Ok((
+            Request::from_parts(parts, Either::Left(body)),
+            None,
+            conflicting,
+        ));
     };
     // An upgrade carries no body; the stream's bytes go through the tunnel. A declared body
     // would be left unsent and desynchronise the backend connection, so it is refused.
@@ -162,6 +245,7 @@ pub(super) fn upstream_request(
     Ok((
         Request::from_parts(parts, Either::Right(Empty::new())),
         Some(accept),
+        conflicting,
     ))
 }
 
@@ -197,8 +281,25 @@ fn hop_by_hop_index(name: &str) -> Option<usize> {
     HOP_BY_HOP_NAMES.iter().position(|h| *h == name.as_bytes())
 }
 
-/// Removes hop-by-hop headers: the static list and every name listed in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Names `Connection` may not take out: the message's host and framing, and what rtcgate itself
+/// sets (a client listing them must not strip the backend's view of who sent the request).
+fn protected(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 6] = [
+        b"host",
+        b"content-length",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+    ];
+    NAMES.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// Removes hop-by-hop headers: the static list and every name listed in `Connection` (but the
+/// [`protected`] ones). A message with both `Transfer-Encoding` and `Content-Length` is framed
+/// by the former, and the latter is dropped too (RFC 9112 §6.3: an intermediary must not pass
+/// it on, or the next hop would read a different body); returns whether that happened.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Most messages carry one of these at most (`Connection: keep-alive`): one pass over the
     // names notes which are present, and only those are removed.
     let mut present = 0u16;
@@ -208,7 +309,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if present == 0 {
-        return;
+        return false;
     }
     if present & 1 != 0 {
         // `Connection` is taken out whole (every field of it) in the one lookup that reads it.
@@ -221,6 +322,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
                     let token = token.trim_ascii();
                     if token.is_empty()
                         || token.eq_ignore_ascii_case(b"close")
+                        || protected(token)
                         || HOP_BY_HOP_NAMES
                             .iter()
                             .any(|h| token.eq_ignore_ascii_case(h))
@@ -243,7 +345,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
+    let chunked = present & (1 << TRANSFER_ENCODING) != 0;
+    chunked && headers.remove(header::CONTENT_LENGTH).is_some()
 }
+
+/// `transfer-encoding`'s place in [`HOP_BY_HOP`].
+const TRANSFER_ENCODING: usize = 7;
 
 /// HTTP/2 may split `Cookie` over several fields; an HTTP/1.1 backend needs one (RFC 9113 §8.2.3).
 fn join_cookies(headers: &mut HeaderMap) {

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod abuse;
 mod admin;
 mod binary;
 mod bodies;
