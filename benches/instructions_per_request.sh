@@ -12,6 +12,7 @@
 # How to run (from the repo root, Debian 12)
 #   bash benches/instructions_per_request.sh                 # the release build (built first)
 #   RTCGATE_BIN=/path/to/rtcgate bash benches/instructions_per_request.sh   # that binary
+#   CALLGRIND_KEEP=/some/dir keeps the LONG run's callgrind file, for callgrind_annotate.
 #   Missing tools (valgrind, wrk, curl, python3) are installed with apt-get.
 #
 # Output (last line, machine-readable)
@@ -68,5 +69,9 @@ for d in "$SHORT" "$LONG"; do
     IR[$d]=$(awk '/^(summary|totals):/ {print $2; exit}' "$TMP/cg.$d")
     log "${d} s: ${REQ[$d]} requests, ${IR[$d]} instructions"
 done
+if [[ -n "${CALLGRIND_KEEP:-}" ]]; then
+    mkdir -p "$CALLGRIND_KEEP"
+    cp "$TMP/cg.$LONG" "$CALLGRIND_KEEP/callgrind.out.requests"
+fi
 per=$(( (IR[$LONG] - IR[$SHORT]) / (REQ[$LONG] - REQ[$SHORT]) ))
 echo "RESULT instructions_per_request=$per requests_short=${REQ[$SHORT]} requests_long=${REQ[$LONG]}"

@@ -30,8 +30,8 @@ use crate::proxy::conn::ConnInfo;
 use crate::proxy::discovery;
 use crate::proxy::error::{classify, ProxyError};
 use crate::proxy::headers::{
-    checked_host, machine_of, room_of, strip_hop_by_hop, strip_port, strip_unused_controls,
-    upstream_request, without_query_param,
+    checked_host, machine_of, room_of, strip_hop_by_hop, strip_port, upstream_request,
+    without_query_param, Controls,
 };
 use crate::proxy::pump;
 use crate::proxy::tunnel;
@@ -303,11 +303,14 @@ impl Handler {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let kind = placed.websocket;
         let client_upgrade = kind.map(|_| hyper::upgrade::on(&mut req));
-        let (mut upstream, accept, conflicting) = upstream_request(req, conn, kind)?;
+        let read = Controls {
+            rooms: placed.rooms_on,
+            machines: placed.machines_on,
+        };
+        let (mut upstream, accept, conflicting) = upstream_request(req, conn, kind, read)?;
         if conflicting {
             self.shared.metrics.conflicting_framing(true);
         }
-        strip_unused_controls(upstream.headers_mut(), placed.rooms_on, placed.machines_on);
         let deadline = tokio::time::Instant::from_std(started) + placed.response_timeout;
         let mut timer = conn.response_timer(deadline);
         let mut retried = false;
