@@ -38,6 +38,9 @@ pub(super) async fn serve(
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
+                // Out of descriptors: one from the reserve, and the accept again at once.
+                Err(e) if crate::state::fds::out_of_fds(&e)
+                    && crate::state::fds::reserve().release("admin accept", &e) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -129,6 +129,17 @@ async fn check_loop(
             _ = stop.cancelled() => return,
         };
         let (result, agent) = result;
+        crate::state::fds::reserve().refill();
+        let result = match result {
+            Probed::Seen(r) => r,
+            // rtcgate had no descriptor to check with: that says nothing about the backend.
+            Probed::NoFds => {
+                tokio::select! {
+                    _ = tokio::time::sleep(jittered(config.interval)) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
+        };
         // The backend's agent may say it is down, whatever the status line said.
         let result = match (&agent, result) {
             (Some(a), Ok(detail)) if a.down => Err(format!("{detail}; its agent says down")),
@@ -213,14 +224,31 @@ impl Agent {
     }
 }
 
-/// One probe: a TCP connect, or an HTTP GET whose 2xx passes. `Ok` and `Err` both say what was
-/// seen; an HTTP answer may carry the backend agent's word.
-async fn probe(addr: SocketAddr, config: &HealthConfig) -> (Result<String, String>, Option<Agent>) {
+/// What a probe found: what the backend did (`Ok` and `Err` both say what was seen), or that
+/// rtcgate itself was out of file descriptors, reserve included.
+enum Probed {
+    Seen(Result<String, String>),
+    NoFds,
+}
+
+/// One probe: a TCP connect, or an HTTP GET whose 2xx passes; an HTTP answer may carry the
+/// backend agent's word. A connect that meets EMFILE takes a descriptor from the reserve and
+/// tries again.
+async fn probe(addr: SocketAddr, config: &HealthConfig) -> (Probed, Option<Agent>) {
+    use crate::state::fds::{out_of_fds, reserve};
     let mut agent = None;
+    let mut no_fds = false;
     let attempt = async {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let connected = match TcpStream::connect(addr).await {
+            Err(e) if out_of_fds(&e) && reserve().release("health check", &e) => {
+                TcpStream::connect(addr).await
+            }
+            r => r,
+        };
+        let stream = connected.map_err(|e| {
+            no_fds = out_of_fds(&e);
+            format!("connect: {e}")
+        })?;
         let Some(path) = &config.path else {
             return Ok("TCP connect".to_string());
         };
@@ -254,7 +282,10 @@ async fn probe(addr: SocketAddr, config: &HealthConfig) -> (Result<String, Strin
     let result = tokio::time::timeout(config.timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {:?}", config.timeout)));
-    (result, agent)
+    if no_fds {
+        return (Probed::NoFds, None);
+    }
+    (Probed::Seen(result), agent)
 }
 
 #[cfg(test)]

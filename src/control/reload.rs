@@ -259,6 +259,7 @@ async fn drain_ticker(runtime: Arc<Runtime>, stop: CancellationToken) {
             _ = tick.tick() => {
                 runtime.expire_leaving();
                 runtime.expire_reservations();
+                crate::state::fds::reserve().tick(Duration::from_secs(5));
             }
             _ = stop.cancelled() => return,
         }

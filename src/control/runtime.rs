@@ -83,6 +83,8 @@ impl Drop for Running {
 impl Runtime {
     /// Builds the first snapshot of `config` (its certificates loaded) and the state around it.
     pub fn new(config: Config) -> Result<Arc<Runtime>, ConfigError> {
+        // The descriptors held back for health checks and the admin API, opened while free.
+        crate::state::fds::reserve();
         let registry = Registry::new(Arc::new(Metrics::new()));
         let slots = config.limits.max_connections;
         let api = match &config.admin.state_file {

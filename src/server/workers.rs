@@ -243,6 +243,14 @@ async fn accept_loop(
             p = slots.acquire() => drop(p),
             _ = ctx.shutdown.cancelled() => return,
         }
+        if crate::state::fds::reserve().short() {
+            // Out of descriptors not long ago: the reserve refills first (health checks and the
+            // admin API rely on it), then clients are accepted again.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                _ = ctx.shutdown.cancelled() => return,
+            }
+        }
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = ctx.shutdown.cancelled() => return,
@@ -317,10 +325,13 @@ async fn take_handoffs(
 }
 
 async fn accept_error(e: io::Error) {
-    let resource = matches!(
-        e.raw_os_error(),
-        Some(23 /* ENFILE */ | 24 /* EMFILE */ | 105 /* ENOBUFS */ | 12 /* ENOMEM */)
-    );
+    if crate::state::fds::out_of_fds(&e) {
+        // Logged once per episode, by the reserve.
+        crate::state::fds::reserve().note("accept", &e);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        return;
+    }
+    let resource = matches!(e.raw_os_error(), Some(105 /* ENOBUFS */ | 12 /* ENOMEM */));
     if resource {
         tracing::error!(error = %e, "accept failed: out of resources; pausing accepts for 100ms");
         tokio::time::sleep(Duration::from_millis(100)).await;

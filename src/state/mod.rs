@@ -16,6 +16,7 @@
 //! ones and resizes the slots.
 
 pub mod backend;
+pub mod fds;
 pub mod health;
 pub mod registry;
 pub mod reservations;

@@ -28,9 +28,29 @@ fn signal(pid: u32, sig: &str) {
 
 /// The binary, started on `toml` with info logging; its stderr lines arrive on the receiver.
 fn start(toml: &str, dir: &std::path::Path) -> (Child, mpsc::Receiver<String>) {
+    start_with(toml, dir, None)
+}
+
+/// [`start`], with at most `nofile` open files when given (util-linux's `prlimit`, which
+/// becomes the binary: the pid is rtcgate's).
+fn start_with(
+    toml: &str,
+    dir: &std::path::Path,
+    nofile: Option<u32>,
+) -> (Child, mpsc::Receiver<String>) {
     let path = dir.join("proxy.toml");
     std::fs::write(&path, toml).expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rtcgate"))
+    let mut command = match nofile {
+        Some(n) => {
+            let mut c = Command::new("prlimit");
+            c.arg(format!("--nofile={n}:{n}"))
+                .arg("--")
+                .arg(env!("CARGO_BIN_EXE_rtcgate"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_rtcgate")),
+    };
+    let mut child = command
         .arg("--config")
         .arg(&path)
         .env("RUST_LOG", "info")
@@ -279,4 +299,81 @@ async fn the_access_log_names_why_a_tunnel_closed_and_its_close_code() {
         "{line}"
     );
     assert!(line.contains("close_code=1012"), "{line}");
+}
+
+/// Clients that take every file descriptor rtcgate may open do not blind it: its health checks
+/// go on (from a reserve of descriptors) and keep the backend up, the admin API answers, the
+/// episode is logged once, and service comes back when the clients go.
+#[tokio::test]
+async fn out_of_file_descriptors_health_checks_and_the_admin_api_go_on() {
+    let backend = spawn_backend("b1").await;
+    let certs = make_certs();
+    let toml = config_toml(
+        &[("b1", backend.addr)],
+        "",
+        "[pools.media.health]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nfall = 1\nrise = 1",
+    )
+    .replace(
+        "http = \"127.0.0.1:0\"",
+        "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
+    );
+    let (child, rx) = start_with(&toml, certs.dir.path(), Some(120));
+    let _child = KillOnDrop(child);
+    let (http, admin) = listeners(&rx);
+    let get = |a: SocketAddr, path: &'static str| async move {
+        let tcp = within("connect", TcpStream::connect(a))
+            .await
+            .expect("connect");
+        HttpClient::h1(tcp, a.to_string(), "http")
+            .await
+            .get(path)
+            .await
+    };
+    assert_eq!(get(http, "/").await.status, StatusCode::OK);
+
+    // 200 idle clients: more than the descriptors left.
+    let mut hogs = Vec::new();
+    for _ in 0..200 {
+        hogs.push(TcpStream::connect(http).await.expect("connect"));
+    }
+    let mut log = Vec::new();
+    let deadline = Instant::now() + STEP;
+    while !log
+        .iter()
+        .any(|l: &String| l.contains("out of file descriptors"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        log.push(
+            rx.recv_timeout(left)
+                .expect("rtcgate logged the exhaustion"),
+        );
+    }
+    let checks = backend.health_checks();
+    eventually("health checks go on", async || {
+        backend.health_checks() >= checks + 5
+    })
+    .await;
+    let status = get(admin, "/status").await;
+    assert_eq!(status.status, StatusCode::OK, "the admin API answers");
+    let b = &status.json()["pools"][0]["backends"][0];
+    assert_eq!(b["state"], "up", "the backend is not blamed: {b}");
+    log.extend(rx.try_iter());
+    let episodes = log
+        .iter()
+        .filter(|l| l.contains("out of file descriptors"))
+        .count();
+    assert_eq!(episodes, 1, "logged once: {log:#?}");
+
+    drop(hogs);
+    eventually(
+        "clients are served again",
+        async || match TcpStream::connect(http).await {
+            Ok(tcp) => {
+                let mut c = HttpClient::h1(tcp, http.to_string(), "http").await;
+                c.get("/").await.status == StatusCode::OK
+            }
+            Err(_) => false,
+        },
+    )
+    .await;
 }
