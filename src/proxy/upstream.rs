@@ -23,6 +23,9 @@ use tokio::net::TcpStream;
 
 use crate::config::Limits;
 
+/// Largest read buffer of a backend connection.
+const UPSTREAM_READ_BUF: usize = 32 * 1024;
+
 /// Body sent to backends: the client's, or empty for requests rtcgate makes or replays.
 pub type UpstreamBody = http_body_util::Either<Incoming, http_body_util::Empty<bytes::Bytes>>;
 
@@ -232,6 +235,10 @@ impl Upstream {
         let (sender, conn) = http1::Builder::new()
             // send(2) rather than writev(2), as on the client side (see `HttpBuilders`).
             .writev(false)
+            // A response head must fit; the body is read a chunk at a time as the client takes
+            // it, so this bounds what a backend's fast answer to a slow client costs (hyper's
+            // default lets the buffer grow to 400 KiB).
+            .max_buf_size(UPSTREAM_READ_BUF)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;

@@ -9,6 +9,11 @@ use hyper_util::server::conn::auto;
 
 use crate::config::Limits;
 
+/// Bytes one HTTP/2 stream may queue towards its client.
+pub const SEND_BUF_PER_STREAM: usize = 32 * 1024;
+/// Streams one HTTP/2 connection may have open at once (nginx's default).
+pub const MAX_STREAMS: u32 = 128;
+
 /// The HTTP server settings of one snapshot's `[limits]`, built once per snapshot.
 pub struct HttpBuilders {
     /// Protocol detected from the first bytes (plain listener).
@@ -41,7 +46,11 @@ impl HttpBuilders {
         b.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX))
-            .max_concurrent_streams(256)
+            // What one stream may queue for a client that does not read (hyper's default is
+            // 400 KiB): past it, the stream stops taking from its backend, so back-pressure
+            // reaches the backend instead of rtcgate's memory.
+            .max_send_buf_size(SEND_BUF_PER_STREAM)
+            .max_concurrent_streams(MAX_STREAMS)
             .enable_connect_protocol();
         HttpBuilders {
             h1: b.clone().http1_only(),

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
@@ -376,4 +376,137 @@ async fn out_of_file_descriptors_health_checks_and_the_admin_api_go_on() {
         },
     )
     .await;
+}
+
+/// A connection whose reads stop for good once `stalled` is set: a client that granted a huge
+/// window and then never reads its socket.
+struct Stall {
+    io: TcpStream,
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl tokio::io::AsyncRead for Stall {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stalled.load(std::sync::atomic::Ordering::Relaxed) {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Stall {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// HTTP/2 clients that grant a 2 GiB window, ask for large responses and never read cannot
+/// make rtcgate hold more than its per-stream bounds: back-pressure reaches the backend.
+#[tokio::test]
+async fn h2_clients_that_never_read_cannot_pin_memory() {
+    const CONNECTIONS: usize = 3;
+    const STREAMS: usize = 100;
+    let _solo = solo().await;
+    let backend = spawn_backend("b1").await;
+    let certs = make_certs();
+    let toml = config_toml(&[("b1", backend.addr)], "", "").replace(
+        "http = \"127.0.0.1:0\"",
+        "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
+    );
+    let (child, rx) = start(&toml, certs.dir.path());
+    let pid = child.id();
+    let _child = KillOnDrop(child);
+    let (http, _admin) = listeners(&rx);
+    let before = rss_kib(pid);
+
+    let mut held = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let io = Stall {
+            io: TcpStream::connect(http).await.expect("connect"),
+            stalled: stalled.clone(),
+        };
+        let (mut sender, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .initial_stream_window_size(i32::MAX as u32)
+                .initial_connection_window_size(i32::MAX as u32)
+                .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(
+                    io,
+                ))
+                .await
+                .expect("h2 handshake");
+        let driver = tokio::spawn(conn);
+        let mut heads = Vec::new();
+        for _ in 0..STREAMS {
+            let req =
+                http::Request::get(format!("http://localhost:{}/bytes?n=4194304", http.port()))
+                    .body(http_body_util::Empty::new())
+                    .expect("request");
+            within("ready", sender.ready()).await.expect("ready");
+            heads.push(sender.send_request(req));
+        }
+        // Once the backend has every request, the client stops reading (the response futures
+        // are kept: dropping one would reset its stream).
+        let want = backend.requests() + STREAMS as u64;
+        eventually("the backend has the requests", async || {
+            backend.requests() >= want
+        })
+        .await;
+        stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+        let bodies = heads;
+        held.push((sender, driver, bodies));
+    }
+    // rtcgate fills what it may hold, then waits: its memory stops growing.
+    let deadline = Instant::now() + STEP;
+    let mut last = rss_kib(pid);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = rss_kib(pid);
+        if now.abs_diff(last) * 50 < now || Instant::now() > deadline {
+            last = now;
+            break;
+        }
+        last = now;
+    }
+    let grown_kib = last.saturating_sub(before);
+    let per_stream = grown_kib / (CONNECTIONS * STREAMS) as u64;
+    eprintln!(
+        "H2-UNREAD rtcgate rss before={before} KiB after={last} KiB grown={grown_kib} KiB per_stream={per_stream} KiB"
+    );
+    assert!(
+        per_stream <= 256,
+        "{per_stream} KiB held per unread stream ({grown_kib} KiB for {} streams)",
+        CONNECTIONS * STREAMS
+    );
+    drop(held);
 }
