@@ -48,6 +48,8 @@ pub(super) async fn serve(
                 }
             },
             _ = shutdown.cancelled() => return,
+            // Every listener closes at once; connections already open are still served.
+            _ = runtime.shared().closing.cancelled() => return,
         };
         let runtime = runtime.clone();
         let shutdown = shutdown.clone();

@@ -67,6 +67,7 @@ pub async fn run(
         "shutting down: no new connections, in-flight requests may finish"
     );
     workers.stop_accepting();
+    shared.closing.cancel();
     shared.tasks.close();
     if tokio::time::timeout(grace, shared.tasks.wait())
         .await

@@ -50,6 +50,9 @@ pub struct Shared {
     pub connection_slots: Arc<Semaphore>,
     /// Set when shutdown begins: `/ready` answers 503 from then on.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// Cancelled when the listeners close (after `shutdown_delay`): the admin listener closes
+    /// with the others, so a replacement instance can bind every address at once.
+    pub closing: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Shared {
@@ -71,6 +74,7 @@ impl Shared {
             tasks: TaskTracker::new(),
             connection_slots: Arc::new(Semaphore::new(slots)),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            closing: tokio_util::sync::CancellationToken::new(),
         }
     }
 

@@ -398,3 +398,28 @@ async fn ready_fails_when_shutdown_begins_while_the_delay_still_serves() {
         .expect("join")
         .expect("clean exit");
 }
+
+/// Once shutdown stops accepting, every listener is closed, the admin one included, so a
+/// replacement instance can bind all of them while this one's tunnels finish their grace.
+#[tokio::test]
+async fn every_listener_closes_at_once_while_tunnels_have_their_grace() {
+    let backends = spawn_backends(1).await;
+    let mut proxy = spawn_proxy(&config_for(&backends, "shutdown_grace = \"10s\"")).await;
+    let mut held = proxy.ws_plain("/ws", None).await;
+    echo(held.ws(), "before").await;
+    let stopping = proxy.shutdown();
+    let (admin, http, https) = (proxy.admin, proxy.http, proxy.https);
+    eventually("every address can be bound again", async || {
+        [admin, http, https]
+            .iter()
+            .all(|a| std::net::TcpListener::bind(a).is_ok())
+    })
+    .await;
+    assert!(!stopping.is_finished(), "still in its grace");
+    echo(held.ws(), "the tunnel goes on in the grace").await;
+    held.ws().close(None).await.expect("close");
+    within("shutdown ends once the tunnel closed", stopping)
+        .await
+        .expect("join")
+        .expect("clean exit");
+}
