@@ -407,6 +407,7 @@ mod tests {
             room_param: Some("room".into()),
             machine_param: Some("machine".into()),
             room_balance_factor: 1.25,
+            hard_cap: 2.0,
             max_sessions,
             max_rooms: 0,
             scale: None,

@@ -227,6 +227,8 @@ pub(super) struct RawPool {
     pub(super) room_balance_factor: f64,
     #[serde(default = "default_max_sessions")]
     pub(super) max_sessions: u32,
+    #[serde(default = "default_hard_cap")]
+    pub(super) hard_cap: f64,
     #[serde(default)]
     pub(super) max_rooms: u32,
     #[serde(default = "default_drain_timeout")]
@@ -375,6 +377,9 @@ pub(super) fn default_hosts() -> Vec<String> {
 }
 pub(super) fn default_room_balance_factor() -> f64 {
     1.25
+}
+pub(super) fn default_hard_cap() -> f64 {
+    2.0
 }
 pub(super) fn default_max_sessions() -> u32 {
     500

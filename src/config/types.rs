@@ -319,6 +319,8 @@ pub struct PoolConfig {
     pub machine_param: Option<String>,
     pub room_balance_factor: f64,
     pub max_sessions: u32,
+    /// No backend takes more than this multiple of its `max_sessions`, pinned users included.
+    pub hard_cap: f64,
     /// Default cap of live rooms per backend (0: none).
     pub max_rooms: u32,
     pub drain_timeout: Duration,

@@ -454,6 +454,12 @@ impl Validator<'_> {
         if p.max_sessions == 0 {
             return Err(self.err(format!("{at}.max_sessions"), "must be at least 1"));
         }
+        if !(p.hard_cap >= 1.0 && p.hard_cap.is_finite()) {
+            return Err(self.err(
+                format!("{at}.hard_cap"),
+                "must be a number of at least 1.0 (a multiple of max_sessions)",
+            ));
+        }
         let room_param = Some(p.room_param.trim().to_string()).filter(|r| !r.is_empty());
         let machine_param = Some(p.machine_param.trim().to_string()).filter(|m| !m.is_empty());
         let health = self.health(&at, p.health)?;
@@ -486,6 +492,7 @@ impl Validator<'_> {
             machine_param,
             room_balance_factor: p.room_balance_factor,
             max_sessions: p.max_sessions,
+            hard_cap: p.hard_cap,
             max_rooms: p.max_rooms,
             drain_timeout: self.duration(&format!("{at}.drain_timeout"), &p.drain_timeout)?,
             on_down: p.on_down,

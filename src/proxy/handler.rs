@@ -250,6 +250,14 @@ impl Handler {
                 return Err(ProxyError::Rejected(reason));
             }
         };
+        // A pin admits its user past `max_sessions` (the promise pinned users rely on), but not
+        // past the hard cap: a leaked cookie cannot bring a backend any number of sessions.
+        let hard_cap = (f64::from(placed.member.max_sessions) * pool.config.hard_cap).ceil();
+        if websocket.is_some() && f64::from(placed.member.backend.claimed()) >= hard_cap {
+            pool.metrics.rejected(balance::Rejection::Full);
+            pool.metrics.answered_without_backend(503);
+            return Err(ProxyError::Rejected(balance::Rejection::Full));
+        }
         pool.metrics.sticky(placed.outcome);
         let backend = &placed.member.backend;
         let on = |p: CookiePin<'_>| matches!(p, CookiePin::Valid { backend: b, .. } if *b == *backend.id);

@@ -370,3 +370,40 @@ fn sticky_keys_shorter_than_32_characters_are_refused() {
     let err = Config::load(&path).expect_err("31-character secret accepted");
     assert!(err.to_string().contains("sticky.keys[0]"), "{err}");
 }
+
+/// A leaked cookie pins any number of clients, past `max_sessions` as pins are meant to; but
+/// not past the pool's `hard_cap` (a multiple of `max_sessions`): then 503, and plain requests
+/// of pinned users still go through.
+#[tokio::test]
+async fn a_leaked_cookie_cannot_take_a_backend_past_its_hard_cap() {
+    let backends = spawn_backends(2).await;
+    let proxy = spawn_proxy(&config_with_pool(
+        &backends,
+        "",
+        "max_sessions = 2\nhard_cap = 2.5",
+    ))
+    .await;
+    let mut first = proxy.ws_plain("/ws", None).await;
+    echo(first.ws(), "first").await;
+    let cookie = first.set_cookie_pair().expect("a cookie");
+    let home = first.backend();
+    let mut held = vec![first];
+    let mut refused = 0;
+    for _ in 0..10 {
+        let r = proxy.ws_plain("/ws", Some(&cookie)).await;
+        if r.status == StatusCode::SERVICE_UNAVAILABLE {
+            refused += 1;
+            assert_retry_after(r.headers.get("retry-after").and_then(|v| v.to_str().ok()));
+            continue;
+        }
+        assert_eq!(r.backend(), home, "pinned users stay pinned");
+        held.push(r);
+    }
+    // ceil(2 × 2.5) = 5 sessions at most.
+    assert_eq!(held.len(), 5, "{refused} refused");
+    assert_eq!(proxy.backend_state(&home).sessions(), 5);
+    let mut c = proxy.h1().await;
+    let r = c.get_with_cookie("/", Some(&cookie)).await;
+    assert_eq!(r.status, StatusCode::OK, "plain requests are not sessions");
+    assert_eq!(r.backend(), home);
+}
