@@ -84,6 +84,8 @@ pub(super) struct RawAdmin {
     #[serde(default)]
     pub(super) token: String,
     #[serde(default)]
+    pub(super) hosts: Vec<String>,
+    #[serde(default)]
     pub(super) state_file: String,
 }
 

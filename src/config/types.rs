@@ -165,6 +165,9 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// Where backends added through the admin API are kept across restarts.
     pub state_file: Option<PathBuf>,
+    /// Names the admin listener answers to in `Host`, besides IP literals and `localhost`
+    /// (lower case, without port).
+    pub hosts: Vec<String>,
 }
 
 /// A backend as the admin API adds it (`PUT /pools/{pool}/backends/{id}`), and as the state

@@ -166,7 +166,20 @@ impl Validator<'_> {
             ));
         }
         let sticky = self.sticky(raw.sticky)?;
+        let mut admin_hosts = Vec::with_capacity(raw.admin.hosts.len());
+        for (i, h) in raw.admin.hosts.iter().enumerate() {
+            match HostPattern::parse(h) {
+                Ok(HostPattern::Exact(name)) => admin_hosts.push(name),
+                _ => {
+                    return Err(self.err(
+                        format!("admin.hosts[{i}]"),
+                        format!("{h:?} is not a host name; write e.g. \"rtcgate-admin.rtc.svc\""),
+                    ))
+                }
+            }
+        }
         let admin = AdminConfig {
+            hosts: admin_hosts,
             token: Some(raw.admin.token).filter(|t| !t.is_empty()),
             state_file: match raw.admin.state_file.trim() {
                 "" => None,

@@ -76,6 +76,9 @@ pub(super) async fn serve(
 }
 
 async fn route(runtime: &Runtime, req: Request<Incoming>) -> Response<Body> {
+    if let Some(refused) = refuse_foreign(runtime, &req) {
+        return refused;
+    }
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
@@ -290,6 +293,73 @@ async fn membership(
             format!("the state file cannot be written, nothing changed: {e}"),
         ),
     }
+}
+
+/// Refuses what a web page elsewhere could make a browser send here (403):
+/// - a `Host` that is not an IP literal, `localhost` or one of `[admin] hosts`: a DNS-rebinding
+///   page reaches the listener under a name of its own, and would otherwise read `/status`;
+/// - a mutation from another site: `Sec-Fetch-Site` other than `same-origin` or `none`, or an
+///   `Origin` that is not this listener's (the check Go's `CrossOriginProtection` makes). Tools
+///   such as curl send neither, and are not affected.
+fn refuse_foreign(runtime: &Runtime, req: &Request<Incoming>) -> Option<Response<Body>> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts
+        .next()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    if hosts.next().is_some() {
+        return Some(json_reply(
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "two Host headers" }),
+        ));
+    }
+    let name = host.rsplit_once(':').map_or(host, |(n, p)| {
+        if p.bytes().all(|c| c.is_ascii_digit()) {
+            n
+        } else {
+            host
+        }
+    });
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    // No Host at all (an HTTP/1.0 health check, HAProxy's `option httpchk`) is no browser's.
+    let known = host.is_empty()
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || runtime
+            .snapshot()
+            .config
+            .admin
+            .hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name));
+    let refuse = |why: String| Some(json_reply(StatusCode::FORBIDDEN, json!({ "error": why })));
+    if !known {
+        return refuse(format!(
+            "Host {host:?} is not a name of this admin listener; add it to [admin] hosts"
+        ));
+    }
+    if matches!(
+        req.method(),
+        &Method::GET | &Method::HEAD | &Method::OPTIONS
+    ) {
+        return None;
+    }
+    let h = |n: &str| req.headers().get(n).and_then(|v| v.to_str().ok());
+    if let Some(site) = h("sec-fetch-site") {
+        if site != "same-origin" && site != "none" {
+            return refuse(format!("a {site} request may not change anything here"));
+        }
+    } else if let Some(origin) = h("origin") {
+        let same = origin
+            .split_once("://")
+            .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host));
+        if !same {
+            return refuse(format!(
+                "a request from {origin} may not change anything here"
+            ));
+        }
+    }
+    None
 }
 
 fn authorize(runtime: &Runtime, req: &Request<Incoming>) -> Option<Response<Body>> {

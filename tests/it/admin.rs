@@ -423,3 +423,82 @@ async fn every_listener_closes_at_once_while_tunnels_have_their_grace() {
         .expect("join")
         .expect("clean exit");
 }
+
+/// A page elsewhere cannot use a browser against the admin API: no cross-site mutation (CSRF),
+/// and no answer under a name the listener does not have (DNS rebinding). Tools that send
+/// neither `Origin` nor `Sec-Fetch-Site`, such as curl, are not affected.
+#[tokio::test]
+async fn a_browser_on_another_site_cannot_drive_or_read_the_admin_api() {
+    let backends = spawn_backends(1).await;
+    let toml = format!(
+        "{}\n[admin]\nhosts = [\"rtcgate-admin.internal\"]\n",
+        config_for(&backends, "")
+    );
+    let proxy = spawn_proxy(&toml).await;
+    let send = |method: &'static str, path: &'static str, headers: Vec<(&'static str, String)>| {
+        let proxy = &proxy;
+        async move {
+            let mut c = proxy.admin().await;
+            let mut req = c.request(method, path);
+            for (n, v) in headers {
+                if let Some(h) = req.headers_mut() {
+                    h.insert(n, v.parse().expect("value"));
+                }
+            }
+            c.fetch(req.body(empty()).expect("request")).await
+        }
+    };
+    let own = format!("http://{}", proxy.admin);
+    for headers in [
+        vec![("origin", "https://evil.example".to_string())],
+        vec![("sec-fetch-site", "cross-site".to_string())],
+        vec![
+            ("sec-fetch-site", "same-site".to_string()),
+            ("origin", own.clone()),
+        ],
+    ] {
+        let r = send("POST", "/pools/media/backends/b1/maint", headers.clone()).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{headers:?}: {}", r.text());
+    }
+    assert_eq!(
+        proxy.backend_state("b1").state_name(),
+        "up",
+        "nothing changed"
+    );
+    let r = send("GET", "/status", vec![("host", "evil.example".to_string())]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a rebinding name is refused"
+    );
+    assert!(r.text().contains("[admin] hosts"), "{}", r.text());
+    let r = send(
+        "GET",
+        "/status",
+        vec![("host", "rtcgate-admin.internal:9090".to_string())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "a configured name is served");
+    let r = send(
+        "GET",
+        "/status",
+        vec![("host", format!("localhost:{}", proxy.admin.port()))],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // The page itself (same origin) and curl (neither header) may.
+    let r = send(
+        "POST",
+        "/pools/media/backends/b1/drain",
+        vec![
+            ("origin", own),
+            ("sec-fetch-site", "same-origin".to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = send("POST", "/pools/media/backends/b1/enable", vec![]).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(proxy.backend_state("b1").state_name(), "up");
+}

@@ -29,10 +29,16 @@ const MAX_SESSIONS: u32 = 500;
 const HEALTH_INTERVAL: Duration = Duration::from_millis(500);
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// A port free now, for a process that must come back on it after a restart.
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
+/// `n` distinct ports free now, for processes that must come back on them after a restart:
+/// all bound at once, then released, so no two are the same (a port released and chosen again
+/// would put two listeners on it: HAProxy and rtcgate both use SO_REUSEPORT).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("addr").port())
+        .collect()
 }
 
 /// A child process killed when dropped.
@@ -124,8 +130,8 @@ proxy_protocol = ["http"]
 keys = ["f1:fleet-secret-0123456789abcdef0123456789"]
 
 [limits]
-shutdown_delay = "1s"
-shutdown_grace = "2s"
+shutdown_delay = "2s"
+shutdown_grace = "5s"
 
 [pools.media]
 hosts = ["*"]
@@ -198,19 +204,36 @@ async fn join(front: SocketAddr, path: &str) -> WsReply<TcpStream> {
 /// send it; true when answered 200.
 async fn one_request(front: SocketAddr) -> bool {
     let attempt = async {
-        let mut tcp = TcpStream::connect(front).await.ok()?;
+        let mut tcp = TcpStream::connect(front)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
         tcp.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             .await
-            .ok()?;
+            .map_err(|e| format!("write: {e}"))?;
         let mut answer = Vec::new();
-        tcp.read_to_end(&mut answer).await.ok()?;
-        Some(answer.starts_with(b"HTTP/1.1 200"))
+        tcp.read_to_end(&mut answer)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        if answer.starts_with(b"HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!(
+                "answer: {:?}",
+                String::from_utf8_lossy(&answer[..answer.len().min(120)])
+            ))
+        }
     };
-    tokio::time::timeout(STEP, attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    match tokio::time::timeout(STEP, attempt).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            eprintln!("FLEET a request failed: {e}");
+            false
+        }
+        Err(_) => {
+            eprintln!("FLEET a request failed: no answer within {STEP:?}");
+            false
+        }
+    }
 }
 
 /// Every participant of `rooms` leaves.
@@ -264,9 +287,10 @@ async fn three_instances_behind_haproxy_agree_on_rooms_caps_and_cookies_and_rest
         b.report_load(true);
     }
     let dir = tempfile::tempdir().expect("tempdir");
+    let ports = free_ports(7);
     let mut instances: Vec<Instance> = (0..3)
         .map(|i| {
-            let (http, admin) = (free_port(), free_port());
+            let (http, admin) = (ports[2 * i], ports[2 * i + 1]);
             let config = dir.path().join(format!("proxy-{i}.toml"));
             std::fs::write(&config, instance_config(http, admin, &backends)).expect("config");
             Instance {
@@ -284,7 +308,7 @@ async fn three_instances_behind_haproxy_agree_on_rooms_caps_and_cookies_and_rest
     for inst in &instances {
         inst.wait_ready().await;
     }
-    let front = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let front = SocketAddr::from(([127, 0, 0, 1], ports[6]));
     let cfg = dir.path().join("haproxy.cfg");
     std::fs::write(&cfg, haproxy_config(front.port(), &instances)).expect("haproxy.cfg");
     let haproxy_log = dir.path().join("haproxy.log");
