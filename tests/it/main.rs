@@ -20,6 +20,7 @@ mod janus;
 mod layers;
 mod machine;
 mod membership;
+mod properties;
 mod proxy_protocol;
 mod reload;
 mod scale;
