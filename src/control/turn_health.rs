@@ -53,9 +53,21 @@ async fn check_loop(server: Arc<TurnServer>, config: HealthConfig, stop: Cancell
     loop {
         let result = tokio::select! {
             r = tokio::time::timeout(config.timeout, probe(&server.url)) => {
-                r.unwrap_or_else(|_| Err(format!("no answer within {:?}", config.timeout)))
+                r.unwrap_or_else(|_| Err(Failed::Server(format!("no answer within {:?}", config.timeout))))
             }
             _ = stop.cancelled() => return,
+        };
+        crate::state::fds::reserve().refill();
+        let result = match result {
+            Ok(detail) => Ok(detail),
+            Err(Failed::Server(detail)) => Err(detail),
+            // rtcgate had no descriptor to check with: that says nothing about the server.
+            Err(Failed::NoFds) => {
+                tokio::select! {
+                    _ = tokio::time::sleep(jittered(config.interval)) => continue,
+                    _ = stop.cancelled() => return,
+                }
+            }
         };
         let passed = result.is_ok();
         let detail = result.unwrap_or_else(|e| e);
@@ -76,32 +88,61 @@ async fn check_loop(server: Arc<TurnServer>, config: HealthConfig, stop: Cancell
     }
 }
 
+/// Why a probe failed: what the server did, or that rtcgate had no descriptor to ask with
+/// (its reserve included).
+enum Failed {
+    Server(String),
+    NoFds,
+}
+
+impl From<String> for Failed {
+    fn from(s: String) -> Failed {
+        Failed::Server(s)
+    }
+}
+
+/// `what`'s socket call, `f`, tried again with a descriptor from the reserve if it met EMFILE.
+async fn with_reserve<T, Fut>(what: &str, f: impl Fn() -> Fut) -> Result<T, Failed>
+where
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    use crate::state::fds::{out_of_fds, reserve};
+    let r = match f().await {
+        Err(e) if out_of_fds(&e) && reserve().release("TURN check", &e) => f().await,
+        r => r,
+    };
+    r.map_err(|e| {
+        if out_of_fds(&e) {
+            reserve().note("TURN check", &e);
+            Failed::NoFds
+        } else {
+            Failed::Server(format!("{what}: {e}"))
+        }
+    })
+}
+
 /// One probe: `Ok` and `Err` both say what was seen.
-async fn probe(url: &TurnUrl) -> Result<String, String> {
+async fn probe(url: &TurnUrl) -> Result<String, Failed> {
     let addr: SocketAddr = tokio::net::lookup_host((url.host.as_str(), url.port))
         .await
         .map_err(|e| format!("resolve {}: {e}", url.host))?
         .next()
         .ok_or_else(|| format!("{} resolves to no address", url.host))?;
     if url.tcp {
-        TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        with_reserve("connect", || TcpStream::connect(addr)).await?;
         return Ok("TCP connect".into());
     }
     stun_binding(addr).await
 }
 
 /// A STUN Binding request to `addr`, answered by a Binding success with its transaction id.
-async fn stun_binding(addr: SocketAddr) -> Result<String, String> {
+async fn stun_binding(addr: SocketAddr) -> Result<String, Failed> {
     let local: SocketAddr = if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
-    let socket = UdpSocket::bind(local)
-        .await
-        .map_err(|e| format!("bind: {e}"))?;
+    let socket = with_reserve("bind", || UdpSocket::bind(local)).await?;
     socket
         .connect(addr)
         .await
@@ -126,7 +167,7 @@ async fn stun_binding(addr: SocketAddr) -> Result<String, String> {
             return if buf[..2] == BINDING_SUCCESS {
                 Ok("STUN Binding success".into())
             } else {
-                Err(format!("STUN answer type {:02x}{:02x}", buf[0], buf[1]))
+                Err(format!("STUN answer type {:02x}{:02x}", buf[0], buf[1]).into())
             };
         }
     }
