@@ -34,16 +34,7 @@ source "$REPO/benches/lib.sh"
 
 need_commands valgrind:valgrind curl:curl python3:python3
 rtcgate_binary
-TOOL=$(cargo bench --bench ws_tunnels --no-run --message-format=json | python3 -c '
-import json, sys
-exe = ""
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ws_tunnels" and m.get("executable"):
-        exe = m["executable"]
-print(exe)')
-[[ -x "$TOOL" ]] || { echo "no ws_tunnels bench executable" >&2; exit 1; }
+bench_tool ws_tunnels
 ulimit -n "$(ulimit -Hn)"
 
 bench_tmp rtcgate-ipt

@@ -63,3 +63,26 @@ rtcgate_binary() {
     fi
     [[ -x "$BIN" ]] || { echo "no binary at $BIN" >&2; exit 1; }
 }
+
+# bench_tool NAME [PREBUILT]: sets TOOL to the harness = false bench binary NAME (benches/NAME.rs):
+# PREBUILT when given (a path, to skip the build), else built with `cargo bench --no-run`. Exits
+# unless it is that tool: run bare, it prints one line starting with "NAME:".
+bench_tool() {
+    local name=$1
+    TOOL="${2:-}"
+    if [[ -z "$TOOL" ]]; then
+        printf '[bench] cargo bench --no-run --bench %s\n' "$name" >&2
+        TOOL=$(cargo bench --bench "$name" --no-run --message-format=json | python3 -c '
+import json, sys
+exe = ""
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        exe = m["executable"]
+print(exe)' "$name")
+    fi
+    [[ -x "$TOOL" ]] || { echo "no $name bench executable (is the [[bench]] stanza in Cargo.toml?)" >&2; exit 1; }
+    # A libtest-harness build (no `harness = false`) would print test output instead of this note.
+    "$TOOL" | grep -q "^$name:" || { echo "$TOOL is not the harness = false $name tool" >&2; exit 1; }
+}

@@ -119,22 +119,7 @@ NGX_CONNS=$((fd_limit - 1000))
 
 # ---------------------------------------------------------------- 3. build
 rtcgate_binary
-TOOL="${STORM_BIN:-}"
-if [[ -z "$TOOL" ]]; then
-    log "cargo bench --no-run --bench storm"
-    TOOL=$(cargo bench --bench storm --no-run --message-format=json | python3 -c '
-import json, sys
-exe = ""
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "storm" and m.get("executable"):
-        exe = m["executable"]
-print(exe)')
-fi
-[[ -x "$TOOL" ]] || { echo "no storm bench executable (is the [[bench]] stanza in Cargo.toml?)" >&2; exit 1; }
-# A libtest-harness build (no `harness = false`) would print test output instead of this note.
-"$TOOL" | grep -q '^storm:' || { echo "$TOOL is not the harness = false storm tool" >&2; exit 1; }
+bench_tool storm "${STORM_BIN:-}"
 
 # ---------------------------------------------------------------- temp dir + cleanup
 bench_tmp rtcgate-storm-bench

@@ -71,22 +71,7 @@ fi
 
 # ---------------------------------------------------------------- 3. build
 rtcgate_binary
-TOOL="${WS_TUNNELS_BIN:-}"
-if [[ -z "$TOOL" ]]; then
-    log "cargo bench --no-run --bench ws_tunnels"
-    TOOL=$(cargo bench --bench ws_tunnels --no-run --message-format=json | python3 -c '
-import json, sys
-exe = ""
-for line in sys.stdin:
-    try: m = json.loads(line)
-    except ValueError: continue
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "ws_tunnels" and m.get("executable"):
-        exe = m["executable"]
-print(exe)')
-fi
-[[ -x "$TOOL" ]] || { echo "no ws_tunnels bench executable (is the [[bench]] stanza in Cargo.toml?)" >&2; exit 1; }
-# A libtest-harness build (no `harness = false`) would print test output instead of this note.
-"$TOOL" | grep -q '^ws_tunnels:' || { echo "$TOOL is not the harness = false ws_tunnels tool" >&2; exit 1; }
+bench_tool ws_tunnels "${WS_TUNNELS_BIN:-}"
 
 # ---------------------------------------------------------------- temp dir + cleanup
 bench_tmp rtcgate-ws-bench
