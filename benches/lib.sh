@@ -38,6 +38,18 @@ print(*(s.getsockname()[1] for s in ss))
 for s in ss: s.close()' "$1"
 }
 
+# wait_url URL [CURL_ARGS...]: waits, up to ten seconds, until URL answers; fails if it never does.
+wait_url() {
+    local url=$1 i
+    shift
+    for i in $(seq 100); do
+        curl -s -m 1 -o /dev/null "$@" "$url" && return 0
+        sleep 0.1
+    done
+    echo "nothing answered at $url" >&2
+    return 1
+}
+
 # need_commands CMD:PACKAGE ...: installs, with Debian's apt-get, the packages whose command is
 # missing (trying the local package lists first, and updating them only if that fails).
 need_commands() {

@@ -69,11 +69,7 @@ EOF
     RUST_LOG=warn "$BIN" --config "$TMP/$cert.toml" >"$TMP/rtcgate-$cert.log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")
-    local i
-    for i in $(seq 100); do
-        curl -sk -m 1 -o /dev/null "https://127.0.0.1:$HTTPS/" && break
-        sleep 0.1
-    done
+    wait_url "https://127.0.0.1:$HTTPS/" -k
     for mode in new reuse; do
         local before after out
         before=$(cpu_seconds "$pid")

@@ -186,9 +186,18 @@ pub struct Metrics {
     client_connections: IntGauge,
     client_connections_total: IntCounterVec,
     pub tls_handshake_failures: IntCounter,
+    /// `rtcgate_h2_floods_total`: HTTP/2 connections closed for a control-frame flood.
+    pub h2_floods: IntCounter,
     /// Client connections (and the tunnels they became) each worker thread serves; the
     /// accept loops balance on it.
     pub worker_connections: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("a valid metric definition");
+    r.register(Box::new(c.clone()))
+        .expect("each metric registered once");
+    c
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -234,13 +243,16 @@ impl Metrics {
                 .expect("a valid metric definition");
         r.register(Box::new(client_connections.clone()))
             .expect("each metric registered once");
-        let tls_handshake_failures = IntCounter::new(
+        let tls_handshake_failures = counter(
+            &r,
             "rtcgate_tls_handshake_failures_total",
             "TLS handshakes that failed or timed out.",
-        )
-        .expect("a valid metric definition");
-        r.register(Box::new(tls_handshake_failures.clone()))
-            .expect("each metric registered once");
+        );
+        let h2_floods = counter(
+            &r,
+            "rtcgate_h2_floods_total",
+            "HTTP/2 connections sent a GOAWAY (ENHANCE_YOUR_CALM) and closed for sending more control frames than [limits] h2_control_frames_per_second allows.",
+        );
         Metrics {
             requests: counter_vec(&r, "rtcgate_requests_total", "Requests answered, by backend and status code (backend \"\" when none was chosen).", &["pool", "backend", "code"]),
             request_duration: histogram_vec(&r, "rtcgate_request_duration_seconds", "Time from request to response head.", &["pool"], prometheus::DEFAULT_BUCKETS.to_vec()),
@@ -276,6 +288,7 @@ impl Metrics {
             client_connections,
             client_connections_total: counter_vec(&r, "rtcgate_client_connections_total", "Client connections accepted, by listener.", &["listener"]),
             tls_handshake_failures,
+            h2_floods,
             worker_connections: gauge_vec(&r, "rtcgate_worker_connections", "Client connections and tunnels each worker thread serves now.", &["worker"]),
             render: Mutex::new(()),
             registry: r,

@@ -106,6 +106,7 @@ pub(super) struct RawLimits {
     pub(super) tunnel_idle_timeout: Option<String>,
     pub(super) upstream_idle_per_backend: Option<usize>,
     pub(super) upstream_idle_timeout: Option<String>,
+    pub(super) h2_control_frames_per_second: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]

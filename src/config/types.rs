@@ -219,6 +219,9 @@ pub struct Limits {
     pub upstream_idle_per_backend: usize,
     /// How long an idle upstream connection is kept.
     pub upstream_idle_timeout: Duration,
+    /// Frames that do no work (PING, SETTINGS, PRIORITY, RST_STREAM, WINDOW_UPDATE, empty DATA,
+    /// unknown types) one HTTP/2 connection may send a second; 0 means no limit.
+    pub h2_control_frames_per_second: u32,
 }
 
 /// What the discovery endpoint hands out (`discovery.mode`).

@@ -352,7 +352,7 @@ impl Validator<'_> {
 
     fn limits(&self, l: RawLimits) -> Result<Limits, ConfigError> {
         let limits = Limits {
-            workers: l.workers.unwrap_or(0),
+            workers: l.workers.unwrap_or(1000),
             pin_workers: l.pin_workers.unwrap_or(PinWorkers::Auto),
             max_connections: l.max_connections.unwrap_or(10_000),
             tls_handshake_timeout: self.opt_duration(
@@ -402,6 +402,7 @@ impl Validator<'_> {
                 &l.upstream_idle_timeout,
                 Duration::from_secs(30),
             )?,
+            h2_control_frames_per_second: l.h2_control_frames_per_second.unwrap_or(1000),
         };
         if !(1..=1_000_000).contains(&limits.max_connections) {
             return Err(self.err("limits.max_connections", "must be from 1 to 1000000"));

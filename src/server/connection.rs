@@ -25,6 +25,7 @@ use crate::config::Limits;
 use crate::proxy::conn::{ConnInfo, Held};
 use crate::proxy::handler::Handler;
 use crate::server::gate::Gate;
+use crate::server::h2_guard::{Guarded, Start};
 use crate::server::proxy_header;
 use crate::state::Shared;
 
@@ -77,7 +78,10 @@ pub async fn serve(
     let trusted = listen.listen.trusts(peer.ip());
     drop(listen);
     let info = ConnInfo::trusting(peer, tls, trusted, held);
+    let floods = &shared.metrics.h2_floods;
+    let per_second = limits.h2_control_frames_per_second;
     if !tls {
+        let stream = Guarded::new(stream, Start::Sniff, per_second, floods);
         serve_http(stream, info, &http.auto, &limits, &shutdown, handler).await;
         return;
     }
@@ -101,11 +105,16 @@ pub async fn serve(
         },
         _ = shutdown.cancelled() => return,
     };
-    let builder = match stream.get_ref().1.alpn_protocol() {
-        Some(b"h2") => &http.h2,
-        Some(b"http/1.1") => &http.h1,
-        _ => &http.auto,
+    // HTTP/2 goes through the flood guard; HTTP/1.1 chosen by ALPN does not need it.
+    let (builder, start) = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => (&http.h2, Start::H2),
+        Some(b"http/1.1") => {
+            serve_http(stream, info, &http.h1, &limits, &shutdown, handler).await;
+            return;
+        }
+        _ => (&http.auto, Start::Sniff),
     };
+    let stream = Guarded::new(stream, start, per_second, floods);
     serve_http(stream, info, builder, &limits, &shutdown, handler).await;
 }
 

@@ -14,6 +14,7 @@
 
 pub mod connection;
 mod gate;
+mod h2_guard;
 pub mod listeners;
 mod proxy_header;
 pub mod workers;

@@ -203,3 +203,113 @@ async fn a_backend_answer_with_both_framings_reaches_clients_whole() {
     assert_eq!(fixed, Some(2.0), "counted");
     task.abort();
 }
+
+/// An HTTP/2 frame of `kind` with `flags` on `stream` around `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("small").to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+
+/// Reads frames until one of `kind` (its flags and payload), or None at the end of the stream.
+async fn next_frame_of<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    kind: u8,
+) -> Option<(u8, Vec<u8>)> {
+    for _ in 0..1_000_000 {
+        let mut h = [0u8; 9];
+        r.read_exact(&mut h).await.ok()?;
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let mut payload = vec![0; len];
+        r.read_exact(&mut payload).await.ok()?;
+        if h[3] == kind {
+            return Some((h[4], payload));
+        }
+    }
+    panic!("no frame of type {kind} in a million");
+}
+
+/// Floods `io` with PINGs after the preface, reading as it goes, until rtcgate sends a GOAWAY
+/// and closes; the GOAWAY's error code.
+async fn ping_flood<I>(io: I) -> u32
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut r, mut w) = tokio::io::split(io);
+    let flood = tokio::spawn(async move {
+        let mut hello = PREFACE.to_vec();
+        hello.extend(h2_frame(0x4, 0, 0, &[]));
+        w.write_all(&hello).await?;
+        // 512 PINGs a write, at most 2,000 writes (a million PINGs).
+        let batch: Vec<u8> = (0..512)
+            .flat_map(|_| h2_frame(PING, 0, 0, &[7; 8]))
+            .collect();
+        for _ in 0..2_000 {
+            w.write_all(&batch).await?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let (_, goaway) = within("a GOAWAY", next_frame_of(&mut r, GOAWAY))
+        .await
+        .expect("a GOAWAY before the connection ends");
+    let code = u32::from_be_bytes(goaway[4..8].try_into().expect("8 bytes"));
+    // The connection ends (an end of stream, or a reset for the PINGs still unread).
+    let mut rest = Vec::new();
+    let _ = within("the close", r.read_to_end(&mut rest)).await;
+    flood.abort();
+    code
+}
+
+#[tokio::test]
+async fn an_h2_control_frame_flood_gets_goaway_enhance_your_calm() {
+    let backends = spawn_backends(1).await;
+    // A low limit, so that the well-behaved clients below come near it.
+    let limits = "h2_control_frames_per_second = 200";
+    let proxy = spawn_proxy(&config_for(&backends, limits)).await;
+    // Over TLS (ALPN h2) and in clear text (prior knowledge), each flood is cut.
+    let code = ping_flood(proxy.tls_stream(b"h2").await).await;
+    assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM over TLS");
+    let plain = TcpStream::connect(proxy.http).await.expect("connect");
+    let code = ping_flood(plain).await;
+    assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM in clear text");
+    let text = metrics(&proxy).await;
+    assert_eq!(sample(&text, "rtcgate_h2_floods_total", &[]), Some(2.0));
+
+    // A client within the limit keeps its connection: 150 PINGs, each answered.
+    let mut io = proxy.tls_stream(b"h2").await;
+    let mut hello = PREFACE.to_vec();
+    hello.extend(h2_frame(0x4, 0, 0, &[]));
+    io.write_all(&hello).await.expect("preface");
+    for i in 0..150u64 {
+        io.write_all(&h2_frame(PING, 0, 0, &i.to_be_bytes()))
+            .await
+            .expect("ping");
+        let (flags, payload) = within("a PING ACK", next_frame_of(&mut io, PING))
+            .await
+            .expect("an answer to every PING");
+        assert_eq!((flags, payload), (0x1, i.to_be_bytes().to_vec()));
+    }
+    // A download of 16 MiB through the protocol's default 64 KiB windows (as the Python h2
+    // library and old nghttp2 have them) makes the client send some 1,000 WINDOW_UPDATEs, several
+    // hundred a second; they answer rtcgate's DATA frames and are not a flood.
+    let mut small = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    small
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535);
+    let io = proxy.tls_stream(b"h2").await;
+    let mut c = HttpClient::h2_with(io, format!("localhost:{}", proxy.https.port()), small).await;
+    let reply = c.get(&format!("/bytes?n={}", 16 << 20)).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.len(), 16 << 20);
+    assert_eq!(
+        sample(&metrics(&proxy).await, "rtcgate_h2_floods_total", &[]),
+        Some(2.0),
+        "no well-behaved connection was cut"
+    );
+}

@@ -91,12 +91,22 @@ impl HttpClient {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (sender, conn) = within(
-            "h2 handshake",
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io)),
-        )
-        .await
-        .expect("h2 handshake");
+        let builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        HttpClient::h2_with(io, authority, builder).await
+    }
+
+    /// An HTTP/2 client with `builder`'s settings (window sizes, say).
+    pub async fn h2_with<I>(
+        io: I,
+        authority: String,
+        builder: hyper::client::conn::http2::Builder<TokioExecutor>,
+    ) -> HttpClient
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = within("h2 handshake", builder.handshake(TokioIo::new(io)))
+            .await
+            .expect("h2 handshake");
         tokio::spawn(conn);
         HttpClient {
             sender: Sender::H2(sender),
