@@ -188,6 +188,10 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounter,
     /// `rtcgate_h2_floods_total`: HTTP/2 connections closed for a control-frame flood.
     pub h2_floods: IntCounter,
+    /// `rtcgate_buffer_budget_cuts_total`: connections closed because the budget was spent.
+    pub buffer_budget_cuts: IntCounter,
+    /// `rtcgate_client_queued_bytes`: what the heavy client connections hold, each second.
+    pub client_queued_bytes: IntGauge,
     /// Client connections (and the tunnels they became) each worker thread serves; the
     /// accept loops balance on it.
     pub worker_connections: IntGaugeVec,
@@ -253,6 +257,18 @@ impl Metrics {
             "rtcgate_h2_floods_total",
             "HTTP/2 connections sent a GOAWAY (ENHANCE_YOUR_CALM) and closed for sending more control frames than [limits] h2_control_frames_per_second allows.",
         );
+        let buffer_budget_cuts = counter(
+            &r,
+            "rtcgate_buffer_budget_cuts_total",
+            "Client connections closed because [limits] buffer_budget was spent and they held the most for their clients.",
+        );
+        let client_queued_bytes = IntGauge::new(
+            "rtcgate_client_queued_bytes",
+            "Response bytes queued for clients that have not read them, over the connections holding 128 KiB or more (sampled each second).",
+        )
+        .expect("a valid metric definition");
+        r.register(Box::new(client_queued_bytes.clone()))
+            .expect("each metric registered once");
         Metrics {
             requests: counter_vec(&r, "rtcgate_requests_total", "Requests answered, by backend and status code (backend \"\" when none was chosen).", &["pool", "backend", "code"]),
             request_duration: histogram_vec(&r, "rtcgate_request_duration_seconds", "Time from request to response head.", &["pool"], prometheus::DEFAULT_BUCKETS.to_vec()),
@@ -289,6 +305,8 @@ impl Metrics {
             client_connections_total: counter_vec(&r, "rtcgate_client_connections_total", "Client connections accepted, by listener.", &["listener"]),
             tls_handshake_failures,
             h2_floods,
+            buffer_budget_cuts,
+            client_queued_bytes,
             worker_connections: gauge_vec(&r, "rtcgate_worker_connections", "Client connections and tunnels each worker thread serves now.", &["worker"]),
             render: Mutex::new(()),
             registry: r,

@@ -84,6 +84,8 @@ pub(super) struct RawAdmin {
     #[serde(default)]
     pub(super) token: String,
     #[serde(default)]
+    pub(super) token_for_reads: bool,
+    #[serde(default)]
     pub(super) hosts: Vec<String>,
     #[serde(default)]
     pub(super) state_file: String,
@@ -107,6 +109,7 @@ pub(super) struct RawLimits {
     pub(super) upstream_idle_per_backend: Option<usize>,
     pub(super) upstream_idle_timeout: Option<String>,
     pub(super) h2_control_frames_per_second: Option<u32>,
+    pub(super) buffer_budget: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]

@@ -163,6 +163,9 @@ pub struct Sticky {
 pub struct AdminConfig {
     /// When set, mutating admin calls need `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// Reads (`/status`, `/metrics`, the page, a backend's GET) need the token too; the probes
+    /// `/live` and `/ready` never do.
+    pub token_for_reads: bool,
     /// Where backends added through the admin API are kept across restarts.
     pub state_file: Option<PathBuf>,
     /// Names the admin listener answers to in `Host`, besides IP literals and `localhost`
@@ -222,6 +225,9 @@ pub struct Limits {
     /// Frames that do no work (PING, SETTINGS, PRIORITY, RST_STREAM, WINDOW_UPDATE, empty DATA,
     /// unknown types) one HTTP/2 connection may send a second; 0 means no limit.
     pub h2_control_frames_per_second: u32,
+    /// Bytes all client connections together may have queued for clients that do not read;
+    /// past it, the connections holding the most are closed. 0 means no budget.
+    pub buffer_budget: u64,
 }
 
 /// What the discovery endpoint hands out (`discovery.mode`).

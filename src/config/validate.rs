@@ -181,6 +181,7 @@ impl Validator<'_> {
         let admin = AdminConfig {
             hosts: admin_hosts,
             token: Some(raw.admin.token).filter(|t| !t.is_empty()),
+            token_for_reads: raw.admin.token_for_reads,
             state_file: match raw.admin.state_file.trim() {
                 "" => None,
                 f => {
@@ -352,7 +353,7 @@ impl Validator<'_> {
 
     fn limits(&self, l: RawLimits) -> Result<Limits, ConfigError> {
         let limits = Limits {
-            workers: l.workers.unwrap_or(1000),
+            workers: l.workers.unwrap_or(0),
             pin_workers: l.pin_workers.unwrap_or(PinWorkers::Auto),
             max_connections: l.max_connections.unwrap_or(10_000),
             tls_handshake_timeout: self.opt_duration(
@@ -403,6 +404,7 @@ impl Validator<'_> {
                 Duration::from_secs(30),
             )?,
             h2_control_frames_per_second: l.h2_control_frames_per_second.unwrap_or(1000),
+            buffer_budget: l.buffer_budget.unwrap_or(256 << 20),
         };
         if !(1..=1_000_000).contains(&limits.max_connections) {
             return Err(self.err("limits.max_connections", "must be from 1 to 1000000"));

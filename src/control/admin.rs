@@ -2,8 +2,9 @@
 //! backend's admin state or reload the config.
 //!
 //! It runs on the control runtime, apart from the workers serving traffic. Reads are open (the
-//! listener is meant for loopback or a private network); when `[admin] token` is set, every POST
-//! needs `Authorization: Bearer <token>`, compared in constant time.
+//! listener is meant for loopback or a private network) unless `[admin] token_for_reads` is set;
+//! when `[admin] token` is set, every mutation needs `Authorization: Bearer <token>`, compared in
+//! constant time over digests, so that neither a prefix nor the length shows in the timing.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -82,6 +83,14 @@ async fn route(runtime: &Runtime, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
+    // With `token_for_reads`, everything but the probes needs the token (mutations check it
+    // below either way).
+    let probe = matches!(segments.as_slice(), ["live"] | ["ready"]);
+    if !probe && runtime.snapshot().config.admin.token_for_reads {
+        if let Some(denied) = authorize(runtime, &req) {
+            return denied;
+        }
+    }
     match segments.as_slice() {
         [] => get_only(&method, || page(&runtime.snapshot())),
         ["metrics"] => get_only(&method, || {
@@ -368,9 +377,9 @@ fn authorize(runtime: &Runtime, req: &Request<Incoming>) -> Option<Response<Body
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .and_then(|v| bearer(v.as_bytes()))
         .unwrap_or_default();
-    if bool::from(given.ct_eq(token.as_bytes())) {
+    if token_matches(given, token.as_bytes()) {
         return None;
     }
     let mut resp = json_reply(
@@ -380,6 +389,23 @@ fn authorize(runtime: &Runtime, req: &Request<Incoming>) -> Option<Response<Body
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
     Some(resp)
+}
+
+/// The credentials of an `Authorization: Bearer …` value; the scheme is matched without regard
+/// to case (RFC 9110 §11.1).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    Some(rest.trim_ascii())
+}
+
+/// Whether `given` is the token, in a time that tells neither how much of it matched nor how
+/// long the token is: SHA-256 digests of both are compared in constant time.
+fn token_matches(given: &[u8], token: &[u8]) -> bool {
+    let digest = |b: &[u8]| ring::digest::digest(&ring::digest::SHA256, b);
+    bool::from(digest(given).as_ref().ct_eq(digest(token).as_ref()))
 }
 
 fn backend_json(m: &Member) -> serde_json::Value {
@@ -552,4 +578,29 @@ fn not_allowed(allow: &'static str) -> Response<Body> {
     resp.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(allow));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_in_any_case_and_the_token_exactly() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"BEARER   abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bearerabc"), None);
+        assert_eq!(bearer(b"Bear"), None);
+        assert!(token_matches(b"s3cret", b"s3cret"));
+        for wrong in [
+            &b""[..],
+            b"s3cre",
+            b"s3cret ",
+            b"S3cret",
+            b"s3cret-and-more",
+        ] {
+            assert!(!token_matches(wrong, b"s3cret"), "{wrong:?}");
+        }
+    }
 }

@@ -260,8 +260,30 @@ async fn drain_ticker(runtime: Arc<Runtime>, stop: CancellationToken) {
                 runtime.expire_leaving();
                 runtime.expire_reservations();
                 crate::state::fds::reserve().tick(Duration::from_secs(5));
+                enforce_buffer_budget(runtime.shared());
             }
             _ = stop.cancelled() => return,
         }
+    }
+}
+
+/// Cuts the client connections holding the most while all together hold more than
+/// `[limits] buffer_budget`.
+fn enforce_buffer_budget(shared: &crate::state::Shared) {
+    let budget = shared.snapshot().config.limits.buffer_budget;
+    let round = shared.buffers.enforce(budget);
+    let metrics = &shared.metrics;
+    metrics
+        .client_queued_bytes
+        .set(i64::try_from(round.held).unwrap_or(i64::MAX));
+    if round.cut > 0 {
+        metrics.buffer_budget_cuts.inc_by(round.cut as u64);
+        tracing::warn!(
+            held_mib = round.held >> 20,
+            budget_mib = budget >> 20,
+            cut = round.cut,
+            cut_mib = round.cut_bytes >> 20,
+            "buffer budget spent: closing the client connections that hold the most"
+        );
     }
 }

@@ -23,7 +23,8 @@ pub struct Tracked {
     lease: Option<Lease>,
     ended: bool,
     _inflight: Option<InFlight>,
-    _responding: Responding,
+    /// Counts the body's bytes in what the connection holds for its client.
+    responding: Responding,
 }
 
 impl Tracked {
@@ -39,7 +40,7 @@ impl Tracked {
             lease,
             ended: false,
             _inflight: inflight,
-            _responding: responding,
+            responding,
         }
     }
 }
@@ -53,8 +54,14 @@ impl Body for Tracked {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = r {
-            self.ended = true;
+        match &r {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.responding.handed(data.len());
+                }
+            }
+            Poll::Ready(None) => self.ended = true,
+            _ => {}
         }
         r
     }

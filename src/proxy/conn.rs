@@ -19,6 +19,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Sleep;
 
 use crate::metrics::GaugeGuard;
+use crate::state::buffers::{Queued, Weighed};
 
 /// What a connection holds for its whole life, tunnels included. (Unit tests leave it empty.)
 #[derive(Debug, Default)]
@@ -60,12 +61,32 @@ pub struct ConnInfo {
     /// The response timer of this connection's requests, lent to one at a time (see
     /// [`TimerLease`]).
     response_timer: Mutex<Option<Pin<Box<Sleep>>>>,
+    /// Reads and writes of the client's socket so far (its watchdog tells idleness by it).
+    activity: AtomicU32,
+    /// What rtcgate holds for the client (`[limits] buffer_budget`).
+    queued: Queued,
+}
+
+impl Weighed for ConnInfo {
+    fn queued(&self) -> &Queued {
+        &self.queued
+    }
 }
 
 impl ConnInfo {
     /// Whether a request or tunnel is in progress on this connection.
     pub fn busy(&self) -> bool {
         self.active.load(Ordering::Relaxed) > 0
+    }
+
+    /// Counts a read or write of the client's socket.
+    pub fn moved(&self) {
+        self.activity.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads and writes of the client's socket so far.
+    pub fn activity(&self) -> u32 {
+        self.activity.load(Ordering::Relaxed)
     }
 
     /// How many requests and tunnels have begun on this connection.
@@ -178,6 +199,13 @@ impl Drop for Active {
 /// A backend's response body on its way to the client.
 pub(super) struct Responding(Arc<ConnInfo>);
 
+impl Responding {
+    /// `n` body bytes were handed to hyper for the client.
+    pub(super) fn handed(&self, n: usize) {
+        self.0.queued.handed(n);
+    }
+}
+
 impl Drop for Responding {
     fn drop(&mut self) {
         self.0.responding.fetch_sub(1, Ordering::Relaxed);
@@ -220,6 +248,8 @@ impl ConnInfo {
             h2: AtomicBool::new(false),
             responding: AtomicU32::new(0),
             response_timer: Mutex::new(None),
+            activity: AtomicU32::new(0),
+            queued: Queued::default(),
         })
     }
 }

@@ -8,7 +8,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,6 +26,7 @@ use crate::proxy::handler::Handler;
 use crate::server::gate::Gate;
 use crate::server::h2_guard::{Guarded, Start};
 use crate::server::proxy_header;
+use crate::state::buffers::{Buffers, Weighed};
 use crate::state::Shared;
 
 /// Serves one accepted client connection to its end: the TLS handshake (on the https
@@ -82,7 +82,16 @@ pub async fn serve(
     let per_second = limits.h2_control_frames_per_second;
     if !tls {
         let stream = Guarded::new(stream, Start::Sniff, per_second, floods);
-        serve_http(stream, info, &http.auto, &limits, &shutdown, handler).await;
+        serve_http(
+            stream,
+            info,
+            &http.auto,
+            &limits,
+            &shutdown,
+            handler,
+            &shared.buffers,
+        )
+        .await;
         return;
     }
     let Some(config) = tls_config else {
@@ -109,13 +118,31 @@ pub async fn serve(
     let (builder, start) = match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => (&http.h2, Start::H2),
         Some(b"http/1.1") => {
-            serve_http(stream, info, &http.h1, &limits, &shutdown, handler).await;
+            serve_http(
+                stream,
+                info,
+                &http.h1,
+                &limits,
+                &shutdown,
+                handler,
+                &shared.buffers,
+            )
+            .await;
             return;
         }
         _ => (&http.auto, Start::Sniff),
     };
     let stream = Guarded::new(stream, start, per_second, floods);
-    serve_http(stream, info, builder, &limits, &shutdown, handler).await;
+    serve_http(
+        stream,
+        info,
+        builder,
+        &limits,
+        &shutdown,
+        handler,
+        &shared.buffers,
+    )
+    .await;
 }
 
 async fn serve_http<I>(
@@ -125,13 +152,13 @@ async fn serve_http<I>(
     limits: &Limits,
     shutdown: &CancellationToken,
     handler: Arc<Handler>,
+    buffers: &Buffers,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(AtomicU32::new(0));
     let io = Watched {
         inner: io,
-        activity: activity.clone(),
+        info: info.clone(),
     };
     let peer = info.peer;
     let watched = info.clone();
@@ -163,7 +190,7 @@ async fn serve_http<I>(
     // eventfd write: one syscall per new connection.)
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen_io = activity.load(Ordering::Relaxed);
+    let mut seen_io = watched.activity();
     let mut seen_started = watched.started();
     let mut quiet = Duration::ZERO;
     let mut waiting = Duration::ZERO;
@@ -201,7 +228,13 @@ async fn serve_http<I>(
                 closing = true;
             }
             Watch::Tick => {
-                let io = activity.load(Ordering::Relaxed);
+                let io = watched.activity();
+                // The buffer budget sees a connection that holds much, and may want it gone.
+                buffers.watch(&watched);
+                if watched.queued().is_cut() {
+                    tracing::debug!(client = %peer, "connection closed: the buffer budget is spent and it held the most");
+                    return;
+                }
                 let started = watched.started();
                 if watched.busy() {
                     (quiet, waiting) = (Duration::ZERO, Duration::ZERO);
@@ -251,11 +284,12 @@ enum Watch<E> {
 
 pin_project_lite::pin_project! {
     /// A client stream that counts its reads and writes, so the idle timer can tell whether
-    /// anything moved. One relaxed atomic add per I/O call; no clock reads.
+    /// anything moved (one relaxed atomic add per I/O call; no clock reads), and the bytes its
+    /// writes took off what the connection holds for its client.
     struct Watched<I> {
         #[pin]
         inner: I,
-        activity: Arc<AtomicU32>,
+        info: Arc<ConnInfo>,
     }
 }
 
@@ -268,7 +302,7 @@ impl<I: AsyncRead> AsyncRead for Watched<I> {
         let this = self.project();
         let r = this.inner.poll_read(cx, buf);
         if r.is_ready() {
-            this.activity.fetch_add(1, Ordering::Relaxed);
+            this.info.moved();
         }
         r
     }
@@ -282,8 +316,11 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write(cx, buf);
-        if r.is_ready() {
-            this.activity.fetch_add(1, Ordering::Relaxed);
+        if let Poll::Ready(written) = &r {
+            this.info.moved();
+            if let Ok(n) = written {
+                this.info.queued().written(*n);
+            }
         }
         r
     }
@@ -295,8 +332,11 @@ impl<I: AsyncWrite> AsyncWrite for Watched<I> {
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         let r = this.inner.poll_write_vectored(cx, bufs);
-        if r.is_ready() {
-            this.activity.fetch_add(1, Ordering::Relaxed);
+        if let Poll::Ready(written) = &r {
+            this.info.moved();
+            if let Ok(n) = written {
+                this.info.queued().written(*n);
+            }
         }
         r
     }

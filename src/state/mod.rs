@@ -16,6 +16,7 @@
 //! ones and resizes the slots.
 
 pub mod backend;
+pub mod buffers;
 pub mod fds;
 pub mod health;
 pub mod registry;
@@ -53,6 +54,8 @@ pub struct Shared {
     /// Cancelled when the listeners close (after `shutdown_delay`): the admin listener closes
     /// with the others, so a replacement instance can bind every address at once.
     pub closing: tokio_util::sync::CancellationToken,
+    /// The client connections holding the most for their clients (`[limits] buffer_budget`).
+    pub buffers: buffers::Buffers,
 }
 
 impl std::fmt::Debug for Shared {
@@ -75,6 +78,7 @@ impl Shared {
             connection_slots: Arc::new(Semaphore::new(slots)),
             stopping: std::sync::atomic::AtomicBool::new(false),
             closing: tokio_util::sync::CancellationToken::new(),
+            buffers: buffers::Buffers::default(),
         }
     }
 

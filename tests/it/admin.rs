@@ -269,6 +269,61 @@ async fn posts_need_the_token_when_one_is_set() {
         StatusCode::OK,
         "GETs stay open"
     );
+    // The scheme in any case (RFC 9110 §11.1), the token exactly.
+    let mut c = proxy.admin().await;
+    let req = c
+        .request("POST", "/pools/media/backends/b1/enable")
+        .header("authorization", "bearer s3cret-token")
+        .body(empty())
+        .expect("request");
+    assert_eq!(c.fetch(req).await.status, StatusCode::OK);
+    assert_eq!(
+        post(&proxy, drain, Some("s3cret-token-and-more"))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+/// `GET path` on the admin listener, with `token` as a bearer token when given.
+async fn get_with_token(proxy: &TestProxy, path: &str, token: Option<&str>) -> Reply {
+    let mut c = proxy.admin().await;
+    let mut req = c.request("GET", path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    c.fetch(req.body(empty()).expect("request")).await
+}
+
+#[tokio::test]
+async fn with_token_for_reads_every_read_but_the_probes_needs_the_token() {
+    let backends = spawn_backends(1).await;
+    let toml = config_for(&backends, "").replace(
+        "[limits]",
+        "[admin]\ntoken = \"s3cret-token\"\ntoken_for_reads = true\n\n[limits]",
+    );
+    let proxy = spawn_proxy(&toml).await;
+    for path in ["/status", "/metrics", "/", "/pools/media/backends/b1"] {
+        let r = get_with_token(&proxy, path, None).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "{path} without the token"
+        );
+        assert!(!r.text().contains("127.0.0.1"), "{path} shows no address");
+        let r = get_with_token(&proxy, path, Some("wrong")).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "{path} with a wrong token"
+        );
+        let r = get_with_token(&proxy, path, Some("s3cret-token")).await;
+        assert_eq!(r.status, StatusCode::OK, "{path} with the token");
+    }
+    for probe in ["/live", "/ready"] {
+        let r = get_with_token(&proxy, probe, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{probe} stays open for probes");
+    }
 }
 
 #[tokio::test]

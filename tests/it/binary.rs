@@ -26,6 +26,10 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid} failed");
 }
 
+/// A test config's plain listener line, and the same with an admin listener on a port of its own.
+const PLAIN: &str = "http = \"127.0.0.1:0\"";
+const PLAIN_AND_ADMIN: &str = "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"";
+
 /// The binary, started on `toml` with info logging; its stderr lines arrive on the receiver.
 fn start(toml: &str, dir: &std::path::Path) -> (Child, mpsc::Receiver<String>) {
     start_with(toml, dir, None)
@@ -70,6 +74,14 @@ fn start_with(
     (child, rx)
 }
 
+/// An HTTP/1.1 client connection to `a`, a plain listener.
+async fn connect(a: SocketAddr) -> HttpClient {
+    let tcp = within("connect", TcpStream::connect(a))
+        .await
+        .expect("connect");
+    HttpClient::h1(tcp, a.to_string(), "http").await
+}
+
 /// The plain and admin listeners' addresses, as its log names them (the config asks for port 0).
 fn listeners(rx: &mpsc::Receiver<String>) -> (SocketAddr, SocketAddr) {
     let (mut http, mut admin) = (None, None);
@@ -90,22 +102,14 @@ fn listeners(rx: &mpsc::Receiver<String>) -> (SocketAddr, SocketAddr) {
 async fn the_binary_serves_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let backend = spawn_backend("b1").await;
     let certs = make_certs();
-    let toml = config_toml(&[("b1", backend.addr)], "shutdown_grace = \"2s\"", "").replace(
-        "http = \"127.0.0.1:0\"",
-        "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
-    );
+    let toml = config_toml(&[("b1", backend.addr)], "shutdown_grace = \"2s\"", "")
+        .replace(PLAIN, PLAIN_AND_ADMIN);
     let (mut child, rx) = start(&toml, certs.dir.path());
     let pid = child.id();
 
     // Its log says where it listens (the config asks for port 0).
     let (http, admin) = listeners(&rx);
 
-    let connect = |a: SocketAddr| async move {
-        let tcp = within("connect", TcpStream::connect(a))
-            .await
-            .expect("connect");
-        HttpClient::h1(tcp, a.to_string(), "http").await
-    };
     let r = connect(http).await.get("/headers").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.backend(), "b1");
@@ -255,10 +259,7 @@ async fn the_access_log_names_why_a_tunnel_closed_and_its_close_code() {
     let backend = spawn_backend("b1").await;
     let certs = make_certs();
     let toml = config_toml(&[("b1", backend.addr)], "", "")
-        .replace(
-            "http = \"127.0.0.1:0\"",
-            "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
-        )
+        .replace(PLAIN, PLAIN_AND_ADMIN)
         .replace("[limits]", "[log]\naccess = true\n\n[limits]");
     let (child, rx) = start(&toml, certs.dir.path());
     let _child = KillOnDrop(child);
@@ -313,10 +314,7 @@ async fn out_of_file_descriptors_health_checks_and_the_admin_api_go_on() {
         "",
         "[pools.media.health]\ninterval = \"200ms\"\ntimeout = \"150ms\"\nfall = 1\nrise = 1",
     )
-    .replace(
-        "http = \"127.0.0.1:0\"",
-        "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
-    );
+    .replace(PLAIN, PLAIN_AND_ADMIN);
     let (child, rx) = start_with(&toml, certs.dir.path(), Some(120));
     let _child = KillOnDrop(child);
     let (http, admin) = listeners(&rx);
@@ -430,27 +428,31 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-/// HTTP/2 clients that grant a 2 GiB window, ask for large responses and never read cannot
-/// make rtcgate hold more than its per-stream bounds: back-pressure reaches the backend.
-#[tokio::test]
-async fn h2_clients_that_never_read_cannot_pin_memory() {
-    const CONNECTIONS: usize = 3;
-    const STREAMS: usize = 100;
-    let _solo = solo().await;
-    let backend = spawn_backend("b1").await;
-    let certs = make_certs();
-    let toml = config_toml(&[("b1", backend.addr)], "", "").replace(
-        "http = \"127.0.0.1:0\"",
-        "http = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"",
-    );
-    let (child, rx) = start(&toml, certs.dir.path());
-    let pid = child.id();
-    let _child = KillOnDrop(child);
-    let (http, _admin) = listeners(&rx);
-    let before = rss_kib(pid);
+/// A stalled HTTP/2 client connection: its request sender, its driver and its responses.
+type Stalled = (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+    Vec<
+        std::pin::Pin<
+            Box<
+                dyn std::future::Future<
+                        Output = hyper::Result<http::Response<hyper::body::Incoming>>,
+                    > + Send,
+            >,
+        >,
+    >,
+);
 
+/// `connections` HTTP/2 connections to `http`, each granting a 2 GiB window, asking `streams`
+/// 4 MiB responses of `backend` and then never reading its socket again.
+async fn stalled_h2_clients(
+    http: SocketAddr,
+    backend: &rtcgate::demo::DemoBackend,
+    connections: usize,
+    streams: usize,
+) -> Vec<Stalled> {
     let mut held = Vec::new();
-    for _ in 0..CONNECTIONS {
+    for _ in 0..connections {
         let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let io = Stall {
             io: TcpStream::connect(http).await.expect("connect"),
@@ -466,26 +468,44 @@ async fn h2_clients_that_never_read_cannot_pin_memory() {
                 .await
                 .expect("h2 handshake");
         let driver = tokio::spawn(conn);
+        // From now on the client reads nothing: every response queues in rtcgate and the
+        // kernel. (The response futures are kept: dropping one would reset its stream.)
+        stalled.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut heads = Vec::new();
-        for _ in 0..STREAMS {
+        for _ in 0..streams {
             let req =
                 http::Request::get(format!("http://localhost:{}/bytes?n=4194304", http.port()))
                     .body(http_body_util::Empty::new())
                     .expect("request");
             within("ready", sender.ready()).await.expect("ready");
-            heads.push(sender.send_request(req));
+            heads.push(Box::pin(sender.send_request(req)) as _);
         }
-        // Once the backend has every request, the client stops reading (the response futures
-        // are kept: dropping one would reset its stream).
-        let want = backend.requests() + STREAMS as u64;
+        let want = backend.requests() + streams as u64;
         eventually("the backend has the requests", async || {
             backend.requests() >= want
         })
         .await;
-        stalled.store(true, std::sync::atomic::Ordering::Relaxed);
-        let bodies = heads;
-        held.push((sender, driver, bodies));
+        held.push((sender, driver, heads));
     }
+    held
+}
+
+/// HTTP/2 clients that grant a 2 GiB window, ask for large responses and never read cannot
+/// make rtcgate hold more than its per-stream bounds: back-pressure reaches the backend.
+#[tokio::test]
+async fn h2_clients_that_never_read_cannot_pin_memory() {
+    const CONNECTIONS: usize = 3;
+    const STREAMS: usize = 100;
+    let _solo = solo().await;
+    let backend = spawn_backend("b1").await;
+    let certs = make_certs();
+    let toml = config_toml(&[("b1", backend.addr)], "", "").replace(PLAIN, PLAIN_AND_ADMIN);
+    let (child, rx) = start(&toml, certs.dir.path());
+    let pid = child.id();
+    let _child = KillOnDrop(child);
+    let (http, _admin) = listeners(&rx);
+    let before = rss_kib(pid);
+    let held = stalled_h2_clients(http, &backend, CONNECTIONS, STREAMS).await;
     // rtcgate fills what it may hold, then waits: its memory stops growing.
     let deadline = Instant::now() + STEP;
     let mut last = rss_kib(pid);
@@ -508,5 +528,49 @@ async fn h2_clients_that_never_read_cannot_pin_memory() {
         "{per_stream} KiB held per unread stream ({grown_kib} KiB for {} streams)",
         CONNECTIONS * STREAMS
     );
+    drop(held);
+}
+
+/// Past `[limits] buffer_budget`, the client connections holding the most for clients that do
+/// not read are closed, until the rest fit; other clients are served throughout.
+#[tokio::test]
+async fn a_spent_buffer_budget_closes_the_connections_that_hold_the_most() {
+    const BUDGET: f64 = 4.0 * 1024.0 * 1024.0;
+    let _solo = solo().await;
+    let backend = spawn_backend("b1").await;
+    let certs = make_certs();
+    let limits = format!("buffer_budget = {BUDGET}\nheader_read_timeout = \"1s\"");
+    let toml = config_toml(&[("b1", backend.addr)], &limits, "").replace(PLAIN, PLAIN_AND_ADMIN);
+    let (child, rx) = start(&toml, certs.dir.path());
+    let pid = child.id();
+    let _child = KillOnDrop(child);
+    let (http, admin) = listeners(&rx);
+    let before = rss_kib(pid);
+    // Three connections that would hold some 2.5 MiB each (40 streams of up to 32 KiB queued
+    // and one body chunk each), 7.5 MiB together: two must go.
+    let held = stalled_h2_clients(http, &backend, 3, 40).await;
+    let (mut cuts, mut queued, mut peak) = (0.0, 0.0, 0.0);
+    for _ in 0..100 {
+        let text = connect(admin).await.get("/metrics").await.text();
+        cuts = sample(&text, "rtcgate_buffer_budget_cuts_total", &[]).unwrap_or(0.0);
+        queued = sample(&text, "rtcgate_client_queued_bytes", &[]).unwrap_or(0.0);
+        peak = f64::max(peak, queued);
+        if cuts >= 1.0 && queued <= BUDGET {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "BUDGET rtcgate rss before={before} KiB after={} KiB cuts={cuts} queued={queued} peak={peak}",
+        rss_kib(pid)
+    );
+    assert!(cuts >= 1.0, "no connection was cut (queued {queued} bytes)");
+    assert!(
+        queued <= BUDGET,
+        "{queued} bytes still queued against a budget of {BUDGET}"
+    );
+    assert!(cuts < 3.0, "only as many connections were cut as needed");
+    let r = connect(http).await.get("/headers").await;
+    assert_eq!(r.status, StatusCode::OK, "other clients are served");
     drop(held);
 }

@@ -29,6 +29,28 @@ fn the_good_config_loads() {
 }
 
 #[test]
+fn unset_limits_take_the_defaults_the_readme_gives() {
+    let (certs, text) = good();
+    let limits = load(certs.dir.path(), &text).expect("good config").limits;
+    let secs = std::time::Duration::from_secs;
+    assert_eq!(limits.workers, 0, "one worker per core");
+    assert_eq!(limits.max_connections, 10_000);
+    assert_eq!(limits.max_header_size, 65_536);
+    assert_eq!(limits.tls_handshake_timeout, secs(10));
+    assert_eq!(limits.header_read_timeout, secs(10));
+    assert_eq!(limits.idle_timeout, secs(60));
+    assert_eq!(limits.connect_timeout, secs(5));
+    assert_eq!(limits.response_timeout, secs(60));
+    assert_eq!(limits.shutdown_grace, secs(30));
+    assert_eq!(limits.shutdown_delay, secs(0));
+    assert_eq!(limits.tunnel_idle_timeout, secs(3600));
+    assert_eq!(limits.upstream_idle_per_backend, 256);
+    assert_eq!(limits.upstream_idle_timeout, secs(30));
+    assert_eq!(limits.h2_control_frames_per_second, 1000);
+    assert_eq!(limits.buffer_budget, 256 << 20);
+}
+
+#[test]
 fn each_bad_value_names_its_key_and_file() {
     let (certs, text) = good();
     let cases: &[(&str, &str, &str)] = &[

@@ -64,7 +64,7 @@ pub async fn spawn_proxy_from(certs: TestCerts, path: &std::path::Path) -> TestP
             return false;
         };
         let mut c = HttpClient::h1(tcp, admin_addr.to_string(), "http").await;
-        c.get("/status").await.status == StatusCode::OK
+        c.get("/ready").await.status == StatusCode::OK
     })
     .await;
     TestProxy {
