@@ -177,6 +177,9 @@ pub struct Metrics {
     turn_server_up: IntGaugeVec,
     /// `rtcgate_scale_events_total{pool, direction}`: hooks run and backends scaled down.
     pub scale_events: IntCounterVec,
+    /// `rtcgate_scale_hook_failures_total{pool, direction}`: hooks that could not start, timed
+    /// out or exited non-zero.
+    pub scale_hook_failures: IntCounterVec,
     /// `rtcgate_dns_lookups_total{pool, result}`: lookups of backends named by DNS.
     pub dns_lookups: IntCounterVec,
     /// `rtcgate_conflicting_framing_total{from}`: messages with both Transfer-Encoding and
@@ -299,6 +302,7 @@ impl Metrics {
             turn_server_up: gauge_vec(&r, "rtcgate_turn_server_up", "1 when the TURN server passes its checks.", &["url"]),
             conflicting_framing: counter_vec(&r, "rtcgate_conflicting_framing_total", "Messages that carried both Transfer-Encoding and Content-Length, by who sent them (client, backend): framed by Transfer-Encoding, the Content-Length dropped (RFC 9112 §6.3).", &["from"]),
             dns_lookups: counter_vec(&r, "rtcgate_dns_lookups_total", "Lookups of backends named by DNS: ok (addresses), empty (an answer with none: the name's backends drain), error (failed: the addresses stay).", &["pool", "result"]),
+            scale_hook_failures: counter_vec(&r, "rtcgate_scale_hook_failures_total", "Scale hooks that could not start, were killed at their timeout or exited non-zero.", &["pool", "direction"]),
             scale_events: counter_vec(&r, "rtcgate_scale_events_total", "Scale decisions carried out: up (the up hook ran), down (an idle backend was drained out).", &["pool", "direction"]),
             config_reloads: counter_vec(&r, "rtcgate_config_reloads_total", "Configuration reloads, by result.", &["result"]),
             client_connections,

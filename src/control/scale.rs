@@ -242,21 +242,33 @@ fn spawn_hook(
         .kill_on_drop(true);
     let (pool, timeout, what) = (pool.to_string(), sc.timeout, argv.join(" "));
     tokio::spawn(async move {
-        let ended = match cmd.spawn() {
-            Err(e) => format!("could not start: {e}"),
+        let (ok, ended) = match cmd.spawn() {
+            Err(e) => (false, format!("could not start: {e}")),
             Ok(child) => match tokio::time::timeout(timeout, child.wait_with_output()).await {
                 // Dropping the child kills it (kill_on_drop).
-                Err(_) => format!("killed after its timeout of {timeout:?}"),
-                Ok(Err(e)) => format!("failed: {e}"),
+                Err(_) => (false, format!("killed after its timeout of {timeout:?}")),
+                Ok(Err(e)) => (false, format!("failed: {e}")),
                 Ok(Ok(out)) => {
                     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
                     text.push_str(&String::from_utf8_lossy(&out.stderr));
                     let text: String = text.chars().take(OUTPUT_KEPT).collect();
-                    format!("{}: {}", out.status, text.trim())
+                    (
+                        out.status.success(),
+                        format!("{}: {}", out.status, text.trim()),
+                    )
                 }
             },
         };
-        tracing::info!(%pool, direction, hook = %what, result = %ended, "scale hook ended");
+        if ok {
+            tracing::info!(%pool, direction, hook = %what, result = %ended, "scale hook ended");
+        } else {
+            tracing::warn!(%pool, direction, hook = %what, result = %ended, "scale hook failed");
+            runtime
+                .metrics()
+                .scale_hook_failures
+                .with_label_values(&[&pool, direction])
+                .inc();
+        }
         let mut pools = runtime
             .scaler
             .pools

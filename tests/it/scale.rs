@@ -157,4 +157,10 @@ async fn a_hook_that_hangs_is_killed_and_traffic_goes_on() {
             .any(|d| d.contains("killed after its timeout"))
     })
     .await;
+    let failed = sample(
+        &metrics(&proxy).await,
+        "rtcgate_scale_hook_failures_total",
+        &[("pool", "media"), ("direction", "up")],
+    );
+    assert_eq!(failed, Some(1.0), "a killed hook counts as failed");
 }
