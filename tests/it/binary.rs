@@ -675,3 +675,46 @@ async fn h2_tunnels_whose_client_never_reads_hold_bounded_memory() {
     );
     drop(held);
 }
+
+/// HTTP/1.1 clients that ask for large responses and never read cannot make rtcgate hold more
+/// than a connection's bounds.
+#[tokio::test]
+async fn h1_clients_that_never_read_hold_bounded_memory() {
+    const CONNECTIONS: usize = 200;
+    let _solo = solo().await;
+    let backend = spawn_backend("b1").await;
+    let certs = make_certs();
+    let toml = config_toml(&[("b1", backend.addr)], "", "").replace(PLAIN, PLAIN_AND_ADMIN);
+    let (child, rx) = start(&toml, certs.dir.path());
+    let pid = child.id();
+    let _child = KillOnDrop(child);
+    let (http, _admin) = listeners(&rx);
+    let before = rss_kib(pid);
+    let mut held = Vec::new();
+    let want = backend.requests() + CONNECTIONS as u64;
+    for _ in 0..CONNECTIONS {
+        let mut tcp = TcpStream::connect(http).await.expect("connect");
+        tokio::io::AsyncWriteExt::write_all(
+            &mut tcp,
+            b"GET /bytes?n=4194304 HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        )
+        .await
+        .expect("request");
+        held.push(tcp);
+    }
+    eventually("the backend has the requests", async || {
+        backend.requests() >= want
+    })
+    .await;
+    let last = settled_rss_kib(pid).await;
+    let grown_kib = last.saturating_sub(before);
+    let per_connection = grown_kib / CONNECTIONS as u64;
+    eprintln!(
+        "H1-UNREAD rtcgate rss before={before} KiB after={last} KiB grown={grown_kib} KiB per_connection={per_connection} KiB"
+    );
+    assert!(
+        per_connection <= 384,
+        "{per_connection} KiB held per unread connection ({grown_kib} KiB for {CONNECTIONS})"
+    );
+    drop(held);
+}
