@@ -405,6 +405,38 @@ mod tests {
         assert!(!f.at_boundary(), "inside the SETTINGS payload");
     }
 
+    proptest::proptest! {
+        /// However the stream is cut into reads, the tracker sees every frame header, in order,
+        /// and ends at a boundary.
+        #[test]
+        fn every_frame_header_is_seen_however_the_stream_is_cut(
+            frames in proptest::collection::vec(
+                (0u8..12, proptest::prelude::any::<u8>(), 0usize..40_000),
+                0..20,
+            ),
+            cuts in proptest::collection::vec(1usize..20_000, 1..50),
+        ) {
+            let mut stream = Vec::new();
+            for (kind, flags, len) in &frames {
+                stream.extend(frame(*kind, *flags, 1, &vec![0xa5; *len]));
+            }
+            let mut f = Frames::default();
+            let mut seen = Vec::new();
+            let mut rest = &stream[..];
+            for cut in cuts.iter().cycle() {
+                if rest.is_empty() {
+                    break;
+                }
+                let (piece, after) = rest.split_at((*cut).min(rest.len()));
+                f.advance(piece, |h| seen.push((h[3], h[4])));
+                rest = after;
+            }
+            let want: Vec<(u8, u8)> = frames.iter().map(|(k, fl, _)| (*k, *fl)).collect();
+            proptest::prop_assert_eq!(seen, want);
+            proptest::prop_assert!(f.at_boundary());
+        }
+    }
+
     #[test]
     fn the_budget_counts_control_frames_and_is_raised_by_what_rtcgate_sent() {
         let mut b = Budget {
