@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rtcgate::config::Config;
+use rtcgate::config::{Config, LogFormat};
 use rtcgate::control::runtime::Runtime;
 use rtcgate::demo::DemoBackend;
 use rtcgate::server::Listeners;
@@ -52,26 +52,17 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // rustls warns once per connection about clients that send an IP address as
-                // SNI (curl and wrk do); that is the client's business, not the operator's.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
-        )
-        // Logs go to stderr (stdout is `check`'s answer), with colour only on a terminal.
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
     if let Some(Command::DemoBackend { id, listen }) = &cli.command {
+        init_logging(LogFormat::Text);
         return demo_backend(id, *listen);
     }
-    // 1. Parse and validate (certificates included) before anything is bound.
+    // 1. Parse and validate (certificates included) before anything is bound. (Errors go to
+    // stderr as plain text: there is no log format before there is a config.)
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
+    init_logging(config.log.format);
     if let Err(e) = rtcgate::settings::tls::server_config(&config) {
         return fail(&e);
     }
@@ -99,6 +90,29 @@ fn main() -> ExitCode {
     match tokio.block_on(run(config, demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
+    }
+}
+
+/// Logs go to stderr (stdout is `check`'s answer): text with colour only on a terminal, or one
+/// JSON object per line with the event's fields at the top level (`[log] format`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // rustls warns once per connection about clients that send an IP address as SNI (curl
+        // and wrk do); that is the client's business, not the operator's.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
     }
 }
 

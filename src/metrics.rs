@@ -529,6 +529,11 @@ impl std::fmt::Debug for PoolMetrics {
 }
 
 impl PoolMetrics {
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn sticky(&self, outcome: Outcome) {
         self.sticky[outcome as usize].inc();
     }

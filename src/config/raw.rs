@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::types::{DiscoveryMode, OnDown, PinWorkers, SameSite, Secure, TurnAuth, WhenDown};
+use super::types::{
+    DiscoveryMode, LogFormat, OnDown, PinWorkers, SameSite, Secure, TurnAuth, WhenDown,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,6 +119,8 @@ pub(super) struct RawLimits {
 pub(super) struct RawLog {
     #[serde(default)]
     pub(super) access: bool,
+    #[serde(default)]
+    pub(super) format: LogFormat,
 }
 
 /// Keys left out take [`Default`]'s values.

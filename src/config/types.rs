@@ -319,6 +319,19 @@ impl fmt::Debug for Turn {
 pub struct LogConfig {
     /// A line per request at target `rtcgate::access`.
     pub access: bool,
+    /// How lines are written (read at start: a reload does not change it).
+    pub format: LogFormat,
+}
+
+/// How log lines are written (`[log] format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people: `tracing`'s text lines.
+    #[default]
+    Text,
+    /// For collectors: one JSON object per line, the event's fields at the top level.
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -212,6 +212,7 @@ impl Validator<'_> {
             limits,
             log: LogConfig {
                 access: raw.log.access,
+                format: raw.log.format,
             },
             discovery,
             turn,

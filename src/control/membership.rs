@@ -51,7 +51,7 @@ impl Runtime {
             };
             return Err(MemberError::StateFile(e));
         }
-        tracing::info!(%pool, backend = %id, new = previous.is_none(), "backend set through the admin API");
+        tracing::info!(event = "member_set", %pool, backend = %id, new = previous.is_none(), "backend set through the admin API");
         self.rebuild(&file, &api);
         Ok(previous.is_none())
     }
@@ -78,7 +78,7 @@ impl Runtime {
             api.insert(key, previous);
             return Err(MemberError::StateFile(e));
         }
-        tracing::info!(%pool, backend = %id, "backend deleted through the admin API: draining out");
+        tracing::info!(event = "member_deleted", %pool, backend = %id, "backend deleted through the admin API: draining out");
         self.rebuild(&file, &api);
         self.registry.remove_when_drained(pool, id);
         Ok(())

@@ -47,7 +47,7 @@ impl Runtime {
             Ok(ok) => ok,
             Err(e) => {
                 let e = e.to_string();
-                tracing::error!(error = %e, "reload failed; the running configuration stays");
+                tracing::error!(event = "reload_failed", error = %e, "reload failed; the running configuration stays");
                 self.metrics()
                     .config_reloads
                     .with_label_values(&["error"])
@@ -79,7 +79,12 @@ impl Runtime {
             .inc();
         status.last_ok = Some(SystemTime::now());
         let backends: usize = snap.pools.iter().map(|p| p.members.len()).sum();
-        tracing::info!(pools = snap.pools.len(), backends, "configuration reloaded");
+        tracing::info!(
+            event = "reload",
+            pools = snap.pools.len(),
+            backends,
+            "configuration reloaded"
+        );
         Ok(())
     }
 

@@ -218,7 +218,7 @@ impl Runtime {
             return Ok(());
         }
         let generation = backend.set_admin(state);
-        tracing::info!(%pool, backend = %id, from = ?before, to = ?state, "admin state changed");
+        tracing::info!(event = "admin_state", %pool, backend = %id, from = ?before, to = ?state, "admin state changed");
         match state {
             AdminState::Draining => drain_after(backend, generation, drain_timeout),
             AdminState::Maint if on_down == OnDown::Close && backend.sessions() > 0 => {
@@ -260,7 +260,7 @@ fn drain_after(backend: Arc<Backend>, generation: u64, timeout: Duration) {
     tokio::spawn(async move {
         tokio::time::sleep(timeout).await;
         if backend.admin_generation() == generation {
-            tracing::info!(pool = %backend.pool, backend = %backend.id, sessions = backend.sessions(), "drain timeout: its pins move elsewhere, its tunnels close");
+            tracing::info!(event = "drain_timeout", pool = %backend.pool, backend = %backend.id, sessions = backend.sessions(), "drain timeout: its pins move elsewhere, its tunnels close");
             backend.end_drain();
         }
     });

@@ -113,7 +113,7 @@ fn decide(runtime: &Arc<Runtime>, now: Instant) {
                     "headroom {:.3} below {:.3}: running the up hook",
                     h.share, sc.min_headroom
                 );
-                tracing::warn!(pool = %name, headroom = h.share, "scale up: {what}");
+                tracing::warn!(event = "scale_up", pool = %name, headroom = h.share, "scale up: {what}");
                 note(state, "up", what);
                 runtime
                     .metrics()
@@ -156,7 +156,7 @@ fn scale_down(
     for (id, addr) in done {
         state.draining.remove(&id);
         let what = format!("{id} drained to zero: running the down hook and removing it");
-        tracing::info!(pool = %name, backend = %id, "scale down: {what}");
+        tracing::info!(event = "scale_down", pool = %name, backend = %id, "scale down: {what}");
         note(state, "down", what);
         runtime
             .metrics()
@@ -196,7 +196,7 @@ fn scale_down(
         left -= 1;
         state.idle_since.remove(&*b.id);
         let what = format!("{} idle for {:?}: draining it", b.id, sc.idle_after);
-        tracing::info!(pool = %name, backend = %b.id, "scale down: {what}");
+        tracing::info!(event = "scale_down", pool = %name, backend = %b.id, "scale down: {what}");
         note(state, "down", what);
         if runtime
             .set_admin_state(name, &b.id, AdminState::Draining)
@@ -262,7 +262,7 @@ fn spawn_hook(
         if ok {
             tracing::info!(%pool, direction, hook = %what, result = %ended, "scale hook ended");
         } else {
-            tracing::warn!(%pool, direction, hook = %what, result = %ended, "scale hook failed");
+            tracing::warn!(event = "scale_hook_failed", %pool, direction, hook = %what, result = %ended, "scale hook failed");
             runtime
                 .metrics()
                 .scale_hook_failures

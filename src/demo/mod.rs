@@ -415,7 +415,10 @@ where
                 }
             }
             Some(Ok(m)) if m.is_close() => {
-                let _ = ws.close(None).await;
+                // tungstenite queued the reply to the client's close frame when it read it;
+                // a flush sends it. (`close` would refuse, the closing being under way, and
+                // the reply would be lost: the client would see its connection dropped.)
+                let _ = ws.flush().await;
                 return;
             }
             Some(Ok(_)) => {}

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::proxy::access::AccessLine;
 use crate::proxy::conn::Responding;
 use crate::proxy::upstream::Lease;
 use crate::state::backend::InFlight;
@@ -25,6 +26,9 @@ pub struct Tracked {
     _inflight: Option<InFlight>,
     /// Counts the body's bytes in what the connection holds for its client.
     responding: Responding,
+    /// The access log's line, written when the body ends or drops, with the bytes sent.
+    access: Option<Box<AccessLine>>,
+    sent: u64,
 }
 
 impl Tracked {
@@ -41,7 +45,14 @@ impl Tracked {
             ended: false,
             _inflight: inflight,
             responding,
+            access: None,
+            sent: 0,
         }
+    }
+
+    /// Writes `line` to the access log when the body has gone out (or the client left).
+    pub fn log_at_end(&mut self, line: Box<AccessLine>) {
+        self.access = Some(line);
     }
 }
 
@@ -57,7 +68,9 @@ impl Body for Tracked {
         match &r {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.responding.handed(data.len());
+                    let n = data.len();
+                    self.responding.handed(n);
+                    self.sent += n as u64;
                 }
             }
             Poll::Ready(None) => self.ended = true,
@@ -77,6 +90,9 @@ impl Body for Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
+        if let Some(line) = self.access.take() {
+            line.write(self.sent, self.ended || self.inner.is_end_stream());
+        }
         // A body read to its end leaves the connection clean for the next request; one dropped
         // early (the client left) does not, and its connection closes with the lease.
         if self.ended || self.inner.is_end_stream() {

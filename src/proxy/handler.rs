@@ -24,7 +24,8 @@ use hyper_util::rt::TokioIo;
 
 use crate::balance;
 use crate::config::OnDown;
-use crate::metrics::{PoolMetrics, TunnelEnd};
+use crate::metrics::{Outcome, PoolMetrics, TunnelEnd};
+use crate::proxy::access::AccessLine;
 use crate::proxy::body::{ResponseBody, Tracked};
 use crate::proxy::conn::ConnInfo;
 use crate::proxy::discovery;
@@ -106,9 +107,9 @@ impl Handler {
             };
             if let Some(own) = own {
                 drop(snap);
-                let resp = self.answer_own(own, &req, conn).await;
+                let mut resp = self.answer_own(own, &req, conn).await;
                 if self.shared.snapshot().config.log.access {
-                    log_access(conn, &method, path, resp.status(), None, started);
+                    log_access(conn, &method, path, &mut resp, None, started);
                 }
                 return resp;
             }
@@ -119,24 +120,27 @@ impl Handler {
         };
         let (resp, placed_on) = match result {
             Ok(placed) => {
-                let on = (placed.backend.clone(), placed.pool_metrics.clone());
+                let on = (
+                    placed.backend.clone(),
+                    placed.pool_metrics.clone(),
+                    placed.sticky,
+                );
                 (self.forward(req, conn, placed, started).await, Some(on))
             }
             Err(e) => (Err(e), None),
         };
-        let resp = resp.unwrap_or_else(|e| {
+        let mut resp = resp.unwrap_or_else(|e| {
             if e.status().is_server_error() {
                 tracing::warn!(client = %conn.peer, %method, %path, error = %e, "request failed");
             }
             e.into_response()
         });
-        if let Some((backend, pool)) = &placed_on {
+        if let Some((backend, pool, _)) = &placed_on {
             backend.metrics.answered(resp.status().as_u16());
             pool.duration.observe(started.elapsed().as_secs_f64());
         }
         if access_log {
-            let backend = placed_on.as_ref().map(|(b, _)| &*b.id);
-            log_access(conn, &method, path, resp.status(), backend, started);
+            log_access(conn, &method, path, &mut resp, placed_on.as_ref(), started);
         }
         resp
     }
@@ -176,6 +180,24 @@ impl Handler {
         req: &mut Request<Incoming>,
         tls: bool,
     ) -> Result<Plan, ProxyError> {
+        // `None`: another worker took the backend's last place between this placement's look at
+        // its load and its reservation. Placed again, the backend is seen full; a second race
+        // in a row is let be (one session over `max_sessions`, not a refusal).
+        match self.place_once(snap, req, tls, true)? {
+            Some(plan) => Ok(plan),
+            None => self
+                .place_once(snap, req, tls, false)?
+                .ok_or(ProxyError::Rejected(balance::Rejection::Full)),
+        }
+    }
+
+    fn place_once(
+        &self,
+        snap: &Snapshot,
+        req: &mut Request<Incoming>,
+        tls: bool,
+        check_race: bool,
+    ) -> Result<Option<Plan>, ProxyError> {
         let host = checked_host(req)?;
         let pool = snap
             .route(strip_port(host))
@@ -258,8 +280,20 @@ impl Handler {
             pool.metrics.answered_without_backend(503);
             return Err(ProxyError::Rejected(balance::Rejection::Full));
         }
-        pool.metrics.sticky(placed.outcome);
         let backend = &placed.member.backend;
+        // A WebSocket counts once in its backend's load: as the session reserved for it. The
+        // balancer's look at the load and this reservation are not one step, so a user placed
+        // afresh checks that it did not take a place another worker took meanwhile (a pinned
+        // user may go past `max_sessions`; only the hard cap above holds for it).
+        let session = websocket.map(|_| backend.open_session());
+        if check_race
+            && session.is_some()
+            && placed.outcome != Outcome::Hit
+            && backend.claimed() > placed.member.max_sessions
+        {
+            return Ok(None);
+        }
+        pool.metrics.sticky(placed.outcome);
         let on = |p: CookiePin<'_>| matches!(p, CookiePin::Valid { backend: b, .. } if *b == *backend.id);
         let by_token = token_pin.is_some_and(on);
         // The cookie follows the token, so the user's plain requests go where the token sent it.
@@ -274,13 +308,12 @@ impl Handler {
         if has_ours {
             snap.sticky.strip(req.headers_mut());
         }
-        // A WebSocket counts once in its backend's load: as the session reserved for it.
-        let session = websocket.map(|_| backend.open_session());
         // The client discovery sent arrived: its session is open, the slot held for it ends.
         if by_token && session.is_some() {
             self.shared.reservations.claim(backend, room.as_deref());
         }
-        Ok(Plan {
+        Ok(Some(Plan {
+            sticky: placed.outcome,
             inflight: websocket.is_none().then(|| backend.start_request()),
             session,
             in_room,
@@ -298,7 +331,7 @@ impl Handler {
             response_timeout: snap.config.limits.response_timeout,
             upstream_limits: UpstreamLimits::from(&snap.config.limits),
             tunnel_idle_timeout: snap.config.limits.tunnel_idle_timeout,
-        })
+        }))
     }
 
     /// `started` is when the request arrived; it stands for "now" until the response comes.
@@ -498,6 +531,7 @@ impl Handler {
                 tracing::info!(
                     target: "rtcgate::access",
                     client = %active.peer(),
+                    pool = pool_metrics.name(),
                     backend = %backend.id,
                     tunnel = "closed",
                     reason = why.as_str(),
@@ -519,30 +553,41 @@ impl Handler {
     }
 }
 
-/// The access log's line for one answered request.
+/// The access log's line for one answered request: written when a backend's body has gone out,
+/// or at once for rtcgate's own short answers.
 fn log_access(
     conn: &ConnInfo,
     method: &http::Method,
     path: &str,
-    status: StatusCode,
-    backend: Option<&str>,
+    resp: &mut Response<ResponseBody>,
+    placed_on: Option<&(Arc<Backend>, Arc<PoolMetrics>, Outcome)>,
     started: Instant,
 ) {
-    tracing::info!(
-        target: "rtcgate::access",
-        client = %conn.peer,
-        %method,
-        %path,
-        status = status.as_u16(),
-        backend = backend.unwrap_or("-"),
-        ms = started.elapsed().as_secs_f64() * 1e3,
-    );
+    let line = Box::new(AccessLine {
+        client: conn.peer,
+        method: method.clone(),
+        path: path.to_string(),
+        status: resp.status().as_u16(),
+        pool: placed_on.map(|(_, p, _)| p.name().to_string()),
+        backend: placed_on.map(|(b, _, _)| b.id.clone()),
+        sticky: placed_on.map(|(_, _, o)| *o),
+        started,
+    });
+    match resp.body_mut() {
+        Either::Left(tracked) => tracked.log_at_end(line),
+        Either::Right(full) => line.write(
+            hyper::body::Body::size_hint(&*full).exact().unwrap_or(0),
+            true,
+        ),
+    }
 }
 
 /// A request's plan: the placement decision, carried out of the snapshot's scope, with the
 /// guards that count it on its backend and the settings it needs on the way.
 struct Plan {
     backend: Arc<Backend>,
+    /// What happened to the request's pin (for the access log).
+    sticky: Outcome,
     /// A plain request's count in its backend's in-flight requests.
     inflight: Option<InFlight>,
     /// How the request asks for a WebSocket, if it does.

@@ -18,6 +18,7 @@
 //! Sockets, TLS and client-side limits are `server`'s; which backend takes a request is
 //! `balance`'s.
 
+pub mod access;
 pub mod body;
 pub mod conn;
 pub mod discovery;

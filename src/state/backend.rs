@@ -273,13 +273,13 @@ impl Backend {
         let (pool, id) = (&*self.pool, &*self.id);
         match (&check, flipped) {
             (Check::Probe { detail, .. }, Some(true)) => {
-                tracing::info!(%pool, backend = %id, %detail, "backend is up");
+                tracing::info!(event = "backend_up", %pool, backend = %id, %detail, "backend is up");
             }
             (Check::Probe { detail, .. }, Some(false)) => {
-                tracing::warn!(%pool, backend = %id, %detail, "backend is down");
+                tracing::warn!(event = "backend_down", %pool, backend = %id, %detail, "backend is down");
             }
             (Check::Failed(error), Some(false)) => {
-                tracing::warn!(%pool, backend = %id, %error, "backend is down (passive check)");
+                tracing::warn!(event = "backend_down", %pool, backend = %id, %error, "backend is down (passive check)");
             }
             _ => {}
         }
@@ -446,7 +446,7 @@ impl Backend {
         self.set_admin(wanted);
         self.admin_by_agent
             .store(wanted != AdminState::Enabled, Ordering::Relaxed);
-        tracing::info!(pool = %self.pool, backend = %self.id, state = self.state_name(), "admin state set by the backend's agent");
+        tracing::info!(event = "admin_state", pool = %self.pool, backend = %self.id, state = self.state_name(), "admin state set by the backend's agent");
         if wanted == AdminState::Maint && on_down == OnDown::Close {
             self.close_tunnels(TunnelEnd::Maint);
         }

@@ -89,6 +89,16 @@ fn listeners(rx: &mpsc::Receiver<String>) -> (SocketAddr, SocketAddr) {
     while http.is_none() || admin.is_none() {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx.recv_timeout(left).expect("rtcgate logged its listeners");
+        // `[log] format = "json"`: {"message":"listening","addr":"…","tls":false,…}.
+        if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+            let addr = json["addr"].as_str().and_then(|a| a.parse().ok());
+            match (json["message"].as_str(), json["tls"].as_bool()) {
+                (Some("admin listening"), _) => admin = addr,
+                (Some("listening"), Some(false)) => http = addr,
+                _ => {}
+            }
+            continue;
+        }
         if line.contains("admin listening") {
             admin = addr_in(&line, "addr=");
         } else if line.contains("listening") && line.contains("tls=false") {
@@ -717,4 +727,93 @@ async fn h1_clients_that_never_read_hold_bounded_memory() {
         "{per_connection} KiB held per unread connection ({grown_kib} KiB for {CONNECTIONS})"
     );
     drop(held);
+}
+
+/// With `[log] format = "json"`, every line rtcgate writes is one JSON object, and the access
+/// log and the events carry the fields the README names.
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_with_the_access_and_event_fields() {
+    let _solo = solo().await;
+    let backend = spawn_backend("b1").await;
+    let certs = make_certs();
+    let toml = config_toml(
+        &[("b1", backend.addr)],
+        "",
+        "[pools.media.health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 1\nrise = 1",
+    )
+    .replace(PLAIN, PLAIN_AND_ADMIN)
+    .replace(
+        "[limits]",
+        "[log]\nformat = \"json\"\naccess = true\n\n[limits]",
+    );
+    let (child, rx) = start(&toml, certs.dir.path());
+    let _child = KillOnDrop(child);
+    let (http, _admin) = listeners(&rx);
+
+    let r = connect(http).await.get("/headers").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let tcp = TcpStream::connect(http).await.expect("connect");
+    let url = format!("ws://{http}/ws");
+    let mut ws = ws_handshake(tcp, &url, &[]).await;
+    echo(ws.ws(), "hello").await;
+    within("close", ws.ws().close(None)).await.expect("close");
+    closed(ws.ws()).await;
+    drop(ws);
+
+    // Every line is an object with the usual keys; the access lines and then, once the backend
+    // fails its checks, the event are found among them.
+    let next = |deadline: Instant| -> serde_json::Value {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("the lines looked for");
+        let json: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("a log line that is not JSON ({e}): {line}"));
+        for key in ["timestamp", "level", "target"] {
+            assert!(json[key].is_string(), "no {key} in {line}");
+        }
+        json
+    };
+    let (mut request, mut tunnel) = (None, None);
+    let deadline = Instant::now() + STEP;
+    while request.is_none() || tunnel.is_none() {
+        let json = next(deadline);
+        if json["target"] == "rtcgate::access" && json["path"] == "/headers" {
+            request = Some(json);
+        } else if json["target"] == "rtcgate::access" && json["tunnel"] == "closed" {
+            tunnel = Some(json);
+        }
+    }
+    backend.set_healthy(false);
+    let deadline = Instant::now() + STEP;
+    let down = loop {
+        let json = next(deadline);
+        if json["event"] == "backend_down" {
+            break json;
+        }
+    };
+    let request = request.unwrap_or_default();
+    assert_eq!(request["method"], "GET");
+    assert_eq!(request["status"], 200);
+    assert_eq!(request["pool"], "media");
+    assert_eq!(request["backend"], "b1");
+    assert_eq!(request["sticky"], "new");
+    assert_eq!(request["complete"], true);
+    assert_eq!(request["bytes"].as_u64(), Some(r.body.len() as u64));
+    assert!(request["ms"].as_f64().is_some_and(|ms| ms >= 0.0));
+    assert!(request["client"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("127.0.0.1:")));
+    let tunnel = tunnel.unwrap_or_default();
+    assert!(
+        tunnel["reason"] == "client" || tunnel["reason"] == "backend",
+        "{tunnel}"
+    );
+    // The client closed, the backend answered: rtcgate sent no close frame of its own (a
+    // backend that dropped the connection instead would have got the client a 1014).
+    assert_eq!(tunnel["close_code"], 0, "{tunnel}");
+    assert_eq!(tunnel["pool"], "media");
+    assert_eq!(down["level"], "WARN");
+    assert_eq!(
+        (&down["pool"], &down["backend"]),
+        (&"media".into(), &"b1".into())
+    );
 }
