@@ -11,6 +11,7 @@ mod bodies;
 mod call;
 mod capacity;
 mod config;
+mod dashboards;
 mod discovery;
 mod dns;
 mod fleet;
