@@ -46,8 +46,17 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let workers = Workers::start(traffic, shared.clone())?;
+    // Listeners bound, workers accepting: a `Type=notify` unit is started.
+    tell_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("serving"),
+    ]);
 
     shutdown.await;
+    tell_systemd(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("draining"),
+    ]);
     shared
         .stopping
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -86,4 +95,12 @@ pub async fn run(
         let _ = tokio::time::timeout(CUT_WAIT, shared.tasks.wait()).await;
     }
     workers.stop().await
+}
+
+/// Tells systemd where the process stands (`Type=notify`, `sd_notify(3)`); does nothing when
+/// systemd did not start it (no `NOTIFY_SOCKET`).
+fn tell_systemd(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
 }

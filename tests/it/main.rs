@@ -26,6 +26,7 @@ mod proxy_protocol;
 mod reload;
 mod scale;
 mod sticky;
+mod systemd;
 mod tls_resumption;
 mod turn;
 mod turn_credentials;
