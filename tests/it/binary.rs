@@ -252,8 +252,6 @@ fn an_address_in_use_is_refused_with_its_key_and_reason() {
     );
 }
 
-/// A child process killed and reaped when dropped, however the test ends.
-
 /// The access log names why a tunnel closed and the close code rtcgate sent: here 1012, when
 /// its backend goes into maintenance.
 #[tokio::test]
