@@ -272,7 +272,7 @@ impl Metrics {
         .expect("a valid metric definition");
         r.register(Box::new(client_queued_bytes.clone()))
             .expect("each metric registered once");
-        Metrics {
+        let m = Metrics {
             requests: counter_vec(&r, "rtcgate_requests_total", "Requests answered, by backend and status code (backend \"\" when none was chosen).", &["pool", "backend", "code"]),
             request_duration: histogram_vec(&r, "rtcgate_request_duration_seconds", "Time from request to response head.", &["pool"], prometheus::DEFAULT_BUCKETS.to_vec()),
             backend_up: gauge_vec(&r, "rtcgate_backend_up", "1 when the backend passes its health checks.", pb),
@@ -314,7 +314,16 @@ impl Metrics {
             worker_connections: gauge_vec(&r, "rtcgate_worker_connections", "Client connections and tunnels each worker thread serves now.", &["worker"]),
             render: Mutex::new(()),
             registry: r,
+        };
+        // At 0 from the start, so that `increase()` sees the first reload and the first
+        // framing repair (a series born at 1 has no increase).
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
         }
+        for from in ["client", "backend"] {
+            m.conflicting_framing.with_label_values(&[from]);
+        }
+        m
     }
 
     /// The handles of one backend, resolved once.
@@ -333,6 +342,16 @@ impl Metrics {
 
     /// The handles of one pool, resolved once per snapshot.
     pub fn pool(&self, pool: &str) -> PoolMetrics {
+        // Series that count rare events exist at 0 from the start, so that `increase()` sees
+        // their first event (a series born at 1 has no increase).
+        for direction in ["up", "down"] {
+            self.scale_events.with_label_values(&[pool, direction]);
+            self.scale_hook_failures
+                .with_label_values(&[pool, direction]);
+        }
+        for result in ["ok", "empty", "error"] {
+            self.dns_lookups.with_label_values(&[pool, result]);
+        }
         PoolMetrics {
             name: pool.to_string(),
             duration: self.request_duration.with_label_values(&[pool]),

@@ -43,6 +43,30 @@ fn promtool_accepts(text: &str) -> Option<Result<(), String>> {
 async fn metrics_parse_and_move_with_traffic() {
     let backends = spawn_backends(3).await;
     let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    // Counters of rare events exist at 0 from the start, so that `increase()` sees the first.
+    let at_start = metrics(&proxy).await;
+    for (name, labels) in [
+        ("rtcgate_config_reloads_total", vec![("result", "error")]),
+        ("rtcgate_config_reloads_total", vec![("result", "ok")]),
+        (
+            "rtcgate_scale_hook_failures_total",
+            vec![("pool", "media"), ("direction", "up")],
+        ),
+        (
+            "rtcgate_scale_events_total",
+            vec![("pool", "media"), ("direction", "down")],
+        ),
+        (
+            "rtcgate_dns_lookups_total",
+            vec![("pool", "media"), ("result", "error")],
+        ),
+    ] {
+        assert_eq!(
+            sample(&at_start, name, &labels),
+            Some(0.0),
+            "{name} {labels:?}"
+        );
+    }
     let mut c = proxy.h1().await;
     let mut served = std::collections::HashMap::<String, f64>::new();
     for _ in 0..6 {
