@@ -50,7 +50,7 @@ fn module_of(rel: &Path) -> Option<String> {
         .iter()
         .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_string())
         .collect();
-    if parts == ["main"] || parts == ["alloc"] {
+    if parts == ["main"] || parts == ["alloc"] || parts == ["cli"] {
         return None;
     }
     if parts.last().is_some_and(|p| p == "mod" || p == "lib") {

@@ -10,6 +10,7 @@ mod binary;
 mod bodies;
 mod call;
 mod capacity;
+mod cli;
 mod config;
 mod dashboards;
 mod discovery;
