@@ -2,7 +2,8 @@
 //! backend's admin state or reload the config.
 //!
 //! It runs on the control runtime, apart from the workers serving traffic. Reads are open (the
-//! listener is meant for loopback or a private network) unless `[admin] token_for_reads` is set;
+//! listener is meant for loopback or a private network) unless `[admin] token_for_reads` is set
+//! (the status page's own files stay open: they carry no data, their script fetches `/status`);
 //! when `[admin] token` is set, every mutation needs `Authorization: Bearer <token>`, compared in
 //! constant time over digests, so that neither a prefix nor the length shows in the timing.
 
@@ -83,16 +84,31 @@ async fn route(runtime: &Runtime, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.method().clone();
-    // With `token_for_reads`, everything but the probes needs the token (mutations check it
-    // below either way).
-    let probe = matches!(segments.as_slice(), ["live"] | ["ready"]);
-    if !probe && runtime.snapshot().config.admin.token_for_reads {
+    // With `token_for_reads`, everything but the probes and the page's own files needs the
+    // token (mutations check it below either way). The page carries no data: its script asks
+    // for the token and sends it with each poll of `/status`.
+    let open = matches!(
+        segments.as_slice(),
+        ["live"] | ["ready"] | [] | ["page.js"] | ["page.css"]
+    );
+    if !open && runtime.snapshot().config.admin.token_for_reads {
         if let Some(denied) = authorize(runtime, &req) {
             return denied;
         }
     }
     match segments.as_slice() {
-        [] => get_only(&method, || page(&runtime.snapshot())),
+        [] => get_only(&method, || {
+            page_file("text/html; charset=utf-8", include_str!("admin_page.html"))
+        }),
+        ["page.js"] => get_only(&method, || {
+            page_file(
+                "text/javascript; charset=utf-8",
+                include_str!("admin_page.js"),
+            )
+        }),
+        ["page.css"] => get_only(&method, || {
+            page_file("text/css; charset=utf-8", include_str!("admin_page.css"))
+        }),
         ["metrics"] => get_only(&method, || {
             let text = render_metrics(runtime);
             reply(
@@ -414,6 +430,12 @@ fn backend_json(m: &Member) -> serde_json::Value {
         "id": &*b.id,
         "address": b.addr.to_string(),
         "state": b.state_name(),
+        // The operator's (or agent's) state alone: `state` says "down" whatever it is.
+        "admin": match b.admin() {
+            AdminState::Enabled => "enabled",
+            AdminState::Draining => "draining",
+            AdminState::Maint => "maint",
+        },
         "sessions": b.sessions(),
         "load": b.load(),
         "inflight": b.inflight(),
@@ -500,9 +522,25 @@ pub fn status(runtime: &Runtime, snap: &Snapshot) -> serde_json::Value {
             })
         })
         .collect();
+    let events: Vec<_> = runtime
+        .shared()
+        .events
+        .recent()
+        .into_iter()
+        .map(|e| {
+            json!({
+                "time": at(e.time),
+                "event": e.event,
+                "pool": e.pool,
+                "backend": e.backend,
+                "detail": e.detail,
+            })
+        })
+        .collect();
     json!({
         "pools": pools,
         "turn": turn,
+        "events": events,
         "config": snap.config.source.display().to_string(),
         "reload": {
             "last_ok": reload.last_ok.map(at),
@@ -511,42 +549,27 @@ pub fn status(runtime: &Runtime, snap: &Snapshot) -> serde_json::Value {
     })
 }
 
-fn page(snap: &Snapshot) -> Response<Body> {
-    let mut rows = String::new();
-    for p in &snap.pools {
-        for m in &p.members {
-            let b = &m.backend;
-            let state = b.state_name();
-            let shown = if b.drained() { "drained" } else { state };
-            rows.push_str(&format!(
-                "<tr><td>{pool}</td><td class=\"id\">{id}</td><td>{addr}</td>\
-                 <td><span class=\"state {state}\">{shown}</span></td>\
-                 <td class=\"n\">{sessions} / {max}</td><td class=\"n\">{load}</td><td class=\"n\">{weight}</td></tr>\n",
-                pool = escape(&p.config.name),
-                id = escape(&b.id),
-                addr = b.addr,
-                sessions = b.sessions(),
-                max = m.max_sessions,
-                load = b.load(),
-                weight = m.weight,
-            ));
-        }
-    }
-    if rows.is_empty() {
-        rows.push_str("<tr><td colspan=\"7\">No backends configured.</td></tr>");
-    }
-    reply(
-        StatusCode::OK,
-        "text/html; charset=utf-8",
-        format!(include_str!("admin_page.html"), rows = rows),
-    )
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// A file of the status page, under a policy that lets it load only its own script and style
+/// and talk only to this listener: no inline script, nothing from elsewhere.
+fn page_file(content_type: &'static str, body: &'static str) -> Response<Body> {
+    let mut resp = reply(StatusCode::OK, content_type, body.to_string());
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {

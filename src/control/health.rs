@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{HealthConfig, OnDown};
 use crate::state::backend::{AdminState, Backend, Check};
+use crate::state::events::Events;
 use crate::state::snapshot::Snapshot;
 
 /// Checker tasks by key, each with the settings it was started with: [`Checkers::sync`] keeps
@@ -84,12 +85,20 @@ impl<K: Eq + Hash, S: PartialEq> Checkers<K, S> {
 type BackendCheck = (HealthConfig, SocketAddr, OnDown);
 
 /// The checker tasks, one per backend of the current snapshot.
-#[derive(Default)]
 pub struct HealthCheckers {
     checkers: Checkers<(Arc<str>, Arc<str>, SocketAddr), BackendCheck>,
+    /// Where the checkers record what they see happen (a backend down or up, its agent's drain).
+    events: Arc<Events>,
 }
 
 impl HealthCheckers {
+    pub fn new(events: Arc<Events>) -> HealthCheckers {
+        HealthCheckers {
+            checkers: Checkers::default(),
+            events,
+        }
+    }
+
     /// Starts, keeps or stops checkers so that exactly the members of `snap` are checked, each
     /// with its pool's settings. Must be called from within a tokio runtime.
     pub fn sync(&self, snap: &Snapshot) {
@@ -106,7 +115,15 @@ impl HealthCheckers {
         });
         self.checkers
             .sync(wanted, |backend, (config, addr, on_down), stop| {
-                tokio::spawn(check_loop(backend, *addr, config.clone(), *on_down, stop));
+                let events = self.events.clone();
+                tokio::spawn(check_loop(
+                    backend,
+                    *addr,
+                    config.clone(),
+                    *on_down,
+                    events,
+                    stop,
+                ));
             });
     }
 
@@ -121,6 +138,7 @@ async fn check_loop(
     addr: SocketAddr,
     config: HealthConfig,
     on_down: OnDown,
+    events: Arc<Events>,
     stop: CancellationToken,
 ) {
     loop {
@@ -155,14 +173,14 @@ async fn check_loop(
                 detail,
             },
         };
-        backend.record_health(check, config.rise, config.fall, on_down);
+        backend.record_health(check, config.rise, config.fall, on_down, &events);
         if let Some(a) = agent {
             backend.record_report(a.sessions, a.rooms);
             if let Some(w) = a.weight {
                 backend.set_agent_weight(w);
             }
             if let Some(state) = a.admin {
-                backend.agent_admin(state, on_down);
+                backend.agent_admin(state, on_down, &events);
             }
         }
         tokio::select! {

@@ -52,6 +52,12 @@ impl Runtime {
             return Err(MemberError::StateFile(e));
         }
         tracing::info!(event = "member_set", %pool, backend = %id, new = previous.is_none(), "backend set through the admin API");
+        let what = if previous.is_none() {
+            "added"
+        } else {
+            "updated"
+        };
+        self.shared().events.push("member_set", pool, id, what);
         self.rebuild(&file, &api);
         Ok(previous.is_none())
     }
@@ -79,6 +85,9 @@ impl Runtime {
             return Err(MemberError::StateFile(e));
         }
         tracing::info!(event = "member_deleted", %pool, backend = %id, "backend deleted through the admin API: draining out");
+        self.shared()
+            .events
+            .push("member_deleted", pool, id, "draining out");
         self.rebuild(&file, &api);
         self.registry.remove_when_drained(pool, id);
         Ok(())

@@ -48,6 +48,9 @@ impl Runtime {
             Err(e) => {
                 let e = e.to_string();
                 tracing::error!(event = "reload_failed", error = %e, "reload failed; the running configuration stays");
+                self.shared()
+                    .events
+                    .push("reload_failed", "", "", e.as_str());
                 self.metrics()
                     .config_reloads
                     .with_label_values(&["error"])
@@ -85,6 +88,8 @@ impl Runtime {
             backends,
             "configuration reloaded"
         );
+        let what = format!("{} pools, {backends} backends", snap.pools.len());
+        self.shared().events.push("reload", "", "", what);
         Ok(())
     }
 

@@ -19,6 +19,7 @@ use crate::control::turn_health::TurnCheckers;
 use crate::control::{admin, dns, reload, scale};
 use crate::metrics::{Metrics, TunnelEnd};
 use crate::state::backend::{AdminState, Backend};
+use crate::state::events::Events;
 use crate::state::registry::Registry;
 use crate::state::snapshot::Snapshot;
 use crate::state::Shared;
@@ -103,10 +104,11 @@ impl Runtime {
         )?;
         let file_config = Mutex::new(Arc::new(config));
         let shared = Arc::new(Shared::new(snapshot, registry.metrics().clone()));
+        let health = HealthCheckers::new(shared.events.clone());
         Ok(Arc::new(Runtime {
             shared,
             registry,
-            health: HealthCheckers::default(),
+            health,
             turn_health: TurnCheckers::default(),
             slots: Mutex::new(slots),
             reloading: Mutex::new(ReloadStatus {
@@ -219,8 +221,10 @@ impl Runtime {
         }
         let generation = backend.set_admin(state);
         tracing::info!(event = "admin_state", %pool, backend = %id, from = ?before, to = ?state, "admin state changed");
+        let events = &self.shared.events;
+        events.push("admin_state", pool, id, admin_word(state));
         match state {
-            AdminState::Draining => drain_after(backend, generation, drain_timeout),
+            AdminState::Draining => drain_after(backend, generation, drain_timeout, events.clone()),
             AdminState::Maint if on_down == OnDown::Close && backend.sessions() > 0 => {
                 tracing::info!(%pool, backend = %id, sessions = backend.sessions(), "closing the tunnels of a backend in maintenance");
                 backend.close_tunnels(TunnelEnd::Maint);
@@ -254,13 +258,28 @@ impl Runtime {
     }
 }
 
+/// How an operator's call reads in the event list.
+fn admin_word(state: AdminState) -> &'static str {
+    match state {
+        AdminState::Enabled => "enabled",
+        AdminState::Draining => "draining",
+        AdminState::Maint => "maint",
+    }
+}
+
 /// Closes `backend`'s tunnels once `timeout` has passed, if it is still in the drain that
 /// `generation` started.
-fn drain_after(backend: Arc<Backend>, generation: u64, timeout: Duration) {
+fn drain_after(backend: Arc<Backend>, generation: u64, timeout: Duration, events: Arc<Events>) {
     tokio::spawn(async move {
         tokio::time::sleep(timeout).await;
         if backend.admin_generation() == generation {
             tracing::info!(event = "drain_timeout", pool = %backend.pool, backend = %backend.id, sessions = backend.sessions(), "drain timeout: its pins move elsewhere, its tunnels close");
+            events.push(
+                "drain_timeout",
+                &backend.pool,
+                &backend.id,
+                format!("{} sessions closed", backend.sessions()),
+            );
             backend.end_drain();
         }
     });

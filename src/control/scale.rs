@@ -114,6 +114,10 @@ fn decide(runtime: &Arc<Runtime>, now: Instant) {
                     h.share, sc.min_headroom
                 );
                 tracing::warn!(event = "scale_up", pool = %name, headroom = h.share, "scale up: {what}");
+                runtime
+                    .shared()
+                    .events
+                    .push("scale_up", name, "", what.as_str());
                 note(state, "up", what);
                 runtime
                     .metrics()
@@ -157,6 +161,10 @@ fn scale_down(
         state.draining.remove(&id);
         let what = format!("{id} drained to zero: running the down hook and removing it");
         tracing::info!(event = "scale_down", pool = %name, backend = %id, "scale down: {what}");
+        runtime
+            .shared()
+            .events
+            .push("scale_down", name, &id, what.as_str());
         note(state, "down", what);
         runtime
             .metrics()
@@ -197,6 +205,10 @@ fn scale_down(
         state.idle_since.remove(&*b.id);
         let what = format!("{} idle for {:?}: draining it", b.id, sc.idle_after);
         tracing::info!(event = "scale_down", pool = %name, backend = %b.id, "scale down: {what}");
+        runtime
+            .shared()
+            .events
+            .push("scale_down", name, &b.id, what.as_str());
         note(state, "down", what);
         if runtime
             .set_admin_state(name, &b.id, AdminState::Draining)
@@ -263,6 +275,11 @@ fn spawn_hook(
             tracing::info!(%pool, direction, hook = %what, result = %ended, "scale hook ended");
         } else {
             tracing::warn!(event = "scale_hook_failed", %pool, direction, hook = %what, result = %ended, "scale hook failed");
+            let detail = format!("{direction} hook {what}: {ended}");
+            runtime
+                .shared()
+                .events
+                .push("scale_hook_failed", &pool, "", detail);
             runtime
                 .metrics()
                 .scale_hook_failures

@@ -381,7 +381,13 @@ impl Handler {
             // Janus closes an upgrade it will not take without an answer, and a client can
             // break off its own body.
             if !e.maybe_sent() {
-                backend.record_health(Check::Failed(&e), placed.rise, placed.fall, placed.on_down);
+                backend.record_health(
+                    Check::Failed(&e),
+                    placed.rise,
+                    placed.fall,
+                    placed.on_down,
+                    &self.shared.events,
+                );
             }
             let err = classify(&backend, e);
             // A request that never left is tried once more, elsewhere, as a new user.

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::OnDown;
 use crate::metrics::{BackendMetrics, Metrics, TunnelEnd};
+use crate::state::events::Events;
 pub use crate::state::health::CheckRecord;
 use crate::state::health::RiseFall;
 
@@ -264,6 +265,7 @@ impl Backend {
         rise: u32,
         fall: u32,
         on_down: OnDown,
+        events: &Events,
     ) -> Option<bool> {
         let passed = match &check {
             Check::Probe { passed, .. } => *passed,
@@ -274,12 +276,15 @@ impl Backend {
         match (&check, flipped) {
             (Check::Probe { detail, .. }, Some(true)) => {
                 tracing::info!(event = "backend_up", %pool, backend = %id, %detail, "backend is up");
+                events.push("backend_up", pool, id, detail.as_str());
             }
             (Check::Probe { detail, .. }, Some(false)) => {
                 tracing::warn!(event = "backend_down", %pool, backend = %id, %detail, "backend is down");
+                events.push("backend_down", pool, id, detail.as_str());
             }
             (Check::Failed(error), Some(false)) => {
                 tracing::warn!(event = "backend_down", %pool, backend = %id, %error, "backend is down (passive check)");
+                events.push("backend_down", pool, id, format!("passive check: {error}"));
             }
             _ => {}
         }
@@ -433,7 +438,7 @@ impl Backend {
     /// Sets the admin state its agent asks for: `drain` and `maint` as the admin API would
     /// (maintenance closes its tunnels where `on_down` says so); `up` (`ready`) ends only a
     /// state the agent set, never an operator's. Returns whether the state changed.
-    pub fn agent_admin(&self, wanted: AdminState, on_down: OnDown) -> bool {
+    pub fn agent_admin(&self, wanted: AdminState, on_down: OnDown, events: &Events) -> bool {
         let by_agent = self.admin_by_agent.load(Ordering::Relaxed);
         let current = self.admin();
         if wanted == current || (wanted == AdminState::Enabled && !by_agent) {
@@ -447,6 +452,12 @@ impl Backend {
         self.admin_by_agent
             .store(wanted != AdminState::Enabled, Ordering::Relaxed);
         tracing::info!(event = "admin_state", pool = %self.pool, backend = %self.id, state = self.state_name(), "admin state set by the backend's agent");
+        events.push(
+            "admin_state",
+            &self.pool,
+            &self.id,
+            format!("{} (set by its agent)", self.state_name()),
+        );
         if wanted == AdminState::Maint && on_down == OnDown::Close {
             self.close_tunnels(TunnelEnd::Maint);
         }

@@ -7,6 +7,7 @@
 //! | [`registry`] | backends by (pool, id, address), carried across reloads; removed ones drain |
 //! | [`rooms`] | live rooms: which backend holds each room's open tunnels |
 //! | [`reservations`] | slots discovery handed out, until their client arrives or they lapse |
+//! | [`events`] | the last events (down, up, drain, reload, scale) for the status page |
 //! | [`turn`] | TURN servers' health and the forward-auth service's recent answers |
 //! | [`snapshot`] | the immutable, config-derived view: pools, members, routing, keys, TLS |
 //!
@@ -17,6 +18,7 @@
 
 pub mod backend;
 pub mod buffers;
+pub mod events;
 pub mod fds;
 pub mod health;
 pub mod registry;
@@ -56,6 +58,8 @@ pub struct Shared {
     pub closing: tokio_util::sync::CancellationToken,
     /// The client connections holding the most for their clients (`[limits] buffer_budget`).
     pub buffers: buffers::Buffers,
+    /// The last events, for `/status` and the status page.
+    pub events: Arc<events::Events>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -79,6 +83,7 @@ impl Shared {
             stopping: std::sync::atomic::AtomicBool::new(false),
             closing: tokio_util::sync::CancellationToken::new(),
             buffers: buffers::Buffers::default(),
+            events: Arc::default(),
         }
     }
 

@@ -327,7 +327,7 @@ async fn with_token_for_reads_every_read_but_the_probes_needs_the_token() {
         "[admin]\ntoken = \"s3cret-token\"\ntoken_for_reads = true\n\n[limits]",
     );
     let proxy = spawn_proxy(&toml).await;
-    for path in ["/status", "/metrics", "/", "/pools/media/backends/b1"] {
+    for path in ["/status", "/metrics", "/pools/media/backends/b1"] {
         let r = get_with_token(&proxy, path, None).await;
         assert_eq!(
             r.status,
@@ -347,6 +347,12 @@ async fn with_token_for_reads_every_read_but_the_probes_needs_the_token() {
     for probe in ["/live", "/ready"] {
         let r = get_with_token(&proxy, probe, None).await;
         assert_eq!(r.status, StatusCode::OK, "{probe} stays open for probes");
+    }
+    // The page carries no data (its script polls /status with the token), so it is open.
+    for file in ["/", "/page.js", "/page.css"] {
+        let r = get_with_token(&proxy, file, None).await;
+        assert_eq!(r.status, StatusCode::OK, "{file} of the page");
+        assert!(!r.text().contains("127.0.0.1"), "{file} shows no address");
     }
 }
 
@@ -580,4 +586,231 @@ async fn a_browser_on_another_site_cannot_drive_or_read_the_admin_api() {
     let r = send("POST", "/pools/media/backends/b1/enable", vec![]).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(proxy.backend_state("b1").state_name(), "up");
+}
+
+/// The status page in headless Chromium at `/#{fragment}`, its DOM once the page is quiet:
+/// `--dump-dom` prints it when the virtual-time budget is spent, and virtual time stands still
+/// while a fetch is pending, so the page's first poll, the hook's click, its POST and the
+/// refresh after it are all done by then. `--enable-automation` lets the page's test hook act.
+/// `None` when Chromium is not installed.
+async fn page_dom(proxy: &TestProxy, fragment: &str) -> Option<String> {
+    page_dom_with(proxy, fragment, &["--enable-automation"]).await
+}
+
+async fn page_dom_with(proxy: &TestProxy, fragment: &str, flags: &[&str]) -> Option<String> {
+    let profile = tempfile::tempdir().expect("tempdir");
+    let url = format!("http://127.0.0.1:{}/#{fragment}", proxy.admin.port());
+    let mut args = vec!["--virtual-time-budget=5000", "--dump-dom", &url];
+    args.extend_from_slice(flags);
+    let browser = chromium(profile.path(), &args)?;
+    let out = tokio::time::timeout(BROWSER_START, browser.output())
+        .await
+        .unwrap_or_else(|_| panic!("chromium: no page within {BROWSER_START:?}"))
+        .expect("chromium's output");
+    let dom = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        dom.contains("<table id=\"backends\">"),
+        "no status page in:\n{dom}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(dom)
+}
+
+/// The row of backend `id` of `pool` in the page's DOM.
+fn row<'a>(dom: &'a str, pool: &str, id: &str) -> &'a str {
+    let start = dom
+        .find(&format!("<tr data-pool=\"{pool}\" data-id=\"{id}\">"))
+        .unwrap_or_else(|| panic!("no row for {pool}/{id} in:\n{dom}"));
+    let rest = &dom[start..];
+    &rest[..rest
+        .find("</tr>")
+        .map_or(rest.len(), |end| end + "</tr>".len())]
+}
+
+/// What the page's test hook wrote once the click's work was over.
+fn hook_said(dom: &str) -> &str {
+    let start = dom
+        .find("<output id=\"hook\">")
+        .map(|i| i + "<output id=\"hook\">".len())
+        .unwrap_or_else(|| panic!("the hook wrote nothing in:\n{dom}"));
+    let rest = &dom[start..];
+    &rest[..rest.find("</output>").unwrap_or(rest.len())]
+}
+
+fn shows_state(row: &str, state: &str) -> bool {
+    row.contains(&format!("<span class=\"state {state}\">{state}</span>"))
+}
+
+/// An operator clicks Drain on the row of a backend with a user on it: the backend drains, and
+/// the page, refreshed after the POST, shows it draining with its session kept, and lists the
+/// event; the other backend is untouched.
+#[tokio::test]
+async fn the_page_drains_a_backend_when_its_drain_button_is_clicked() {
+    let _solo = solo().await;
+    let backends = spawn_backends(2).await;
+    let proxy = spawn_proxy(&config_for(&backends, "")).await;
+    let mut user = proxy.ws_plain("/ws?machine=b1", None).await;
+    echo(user.ws(), "on b1").await;
+    assert_eq!(user.backend(), "b1");
+    // A link from anywhere to the hook's address, opened in an operator's browser, does nothing.
+    let Some(dom) = page_dom_with(&proxy, "click=maint:media:b1", &[]).await else {
+        return;
+    };
+    assert!(!dom.contains("<output id=\"hook\">"), "the hook acted");
+    assert!(shows_state(row(&dom, "media", "b1"), "up"));
+    assert_eq!(
+        proxy.backend_state("b1").state_name(),
+        "up",
+        "a link changes nothing"
+    );
+
+    let dom = page_dom(&proxy, "click=drain:media:b1")
+        .await
+        .expect("chromium ran before");
+    assert_eq!(
+        proxy.backend_state("b1").state_name(),
+        "draining",
+        "the click drained b1"
+    );
+    assert_eq!(proxy.backend_state("b2").state_name(), "up");
+    let status = proxy.admin().await.get("/status").await.json();
+    assert_eq!(status["pools"][0]["backends"][0]["state"], "draining");
+    assert_eq!(
+        hook_said(&dom),
+        "acted ok: draining",
+        "the page refreshed after the POST"
+    );
+    let b1 = row(&dom, "media", "b1");
+    assert!(shows_state(b1, "draining"), "{b1}");
+    assert!(b1.contains("1 / 500"), "its user stays: {b1}");
+    assert!(shows_state(row(&dom, "media", "b2"), "up"));
+    echo(user.ws(), "still served while draining").await;
+    assert!(
+        dom.contains("<td>admin_state</td><td>media</td><td>b1</td><td>draining</td>"),
+        "the drain is among the recent events:\n{dom}"
+    );
+    let events = status["events"].as_array().expect("events");
+    assert!(
+        events.iter().any(|e| e["event"] == "admin_state"
+            && e["pool"] == "media"
+            && e["backend"] == "b1"
+            && e["detail"] == "draining"),
+        "{events:?}"
+    );
+}
+
+/// With `[admin] token`, a click without the token gets the page asking for it and changes
+/// nothing; once the token is typed in, the same click drains. With `token_for_reads` the page
+/// asks before it shows anything, then works with the token.
+#[tokio::test]
+async fn with_a_token_the_page_asks_for_it_and_drains_once_it_is_given() {
+    let _solo = solo().await;
+    let backends = spawn_backends(2).await;
+    let token = "s3cret-token";
+    let toml = config_for(&backends, "").replace(
+        "[limits]",
+        &format!("[admin]\ntoken = \"{token}\"\n\n[limits]"),
+    );
+    let proxy = spawn_proxy(&toml).await;
+    let Some(dom) = page_dom(&proxy, "click=drain:media:b1").await else {
+        return;
+    };
+    assert_eq!(
+        hook_said(&dom),
+        "token asked: Drain, Maint and Enable need the admin token."
+    );
+    assert!(dom.contains("<form id=\"token\">"), "the token field shows");
+    assert_eq!(
+        proxy.backend_state("b1").state_name(),
+        "up",
+        "nothing changed"
+    );
+    assert!(shows_state(row(&dom, "media", "b1"), "up"));
+
+    let dom = page_dom(&proxy, &format!("click=drain:media:b1&token={token}"))
+        .await
+        .expect("chromium ran before");
+    assert_eq!(hook_said(&dom), "acted ok: drained", "no one was on it");
+    assert_eq!(proxy.backend_state("b1").state_name(), "draining");
+    assert!(shows_state(row(&dom, "media", "b1"), "drained"));
+    assert!(
+        dom.contains("<form id=\"token\" hidden=\"\">"),
+        "the field is gone"
+    );
+
+    let toml = config_for(&backends, "").replace(
+        "[limits]",
+        &format!("[admin]\ntoken = \"{token}\"\ntoken_for_reads = true\n\n[limits]"),
+    );
+    let reads = spawn_proxy(&toml).await;
+    let dom = page_dom(&reads, "click=drain:media:b2")
+        .await
+        .expect("chromium ran before");
+    assert_eq!(
+        hook_said(&dom),
+        "token asked: Reading /status needs the admin token."
+    );
+    assert!(
+        !dom.contains("data-id=\"b2\""),
+        "no backend shown without the token"
+    );
+    let dom = page_dom(&reads, &format!("click=drain:media:b2&token={token}"))
+        .await
+        .expect("chromium ran before");
+    assert_eq!(hook_said(&dom), "acted ok: drained");
+    assert_eq!(reads.backend_state("b2").state_name(), "draining");
+    assert!(shows_state(row(&dom, "media", "b2"), "drained"));
+    assert!(shows_state(row(&dom, "media", "b1"), "up"));
+}
+
+/// `/status` lists what happened, oldest first: a backend going down and coming back up, an
+/// operator's drain, a reload; the page draws these as its recent events.
+#[tokio::test]
+async fn status_lists_the_recent_events() {
+    let backends = spawn_backends(2).await;
+    let health =
+        "\n[pools.media.health]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nrise = 1\nfall = 1\n";
+    let proxy = spawn_proxy(&format!("{}{health}", config_for(&backends, ""))).await;
+    let events = async || {
+        let status = proxy.admin().await.get("/status").await.json();
+        status["events"].as_array().cloned().unwrap_or_default()
+    };
+    let seen = async |event: &str, backend: &str| {
+        events()
+            .await
+            .iter()
+            .any(|e| e["event"] == event && e["backend"] == backend)
+    };
+    backends[1].set_healthy(false);
+    eventually("b2's fall is listed", async || {
+        seen("backend_down", "b2").await
+    })
+    .await;
+    backends[1].set_healthy(true);
+    eventually("b2's rise is listed", async || {
+        seen("backend_up", "b2").await
+    })
+    .await;
+    post(&proxy, "/pools/media/backends/b1/drain", None).await;
+    post(&proxy, "/reload", None).await;
+    let list = events().await;
+    // In this order (a slow check on a busy machine may add a flap of its own in between).
+    let mut rest = list.iter();
+    for (event, backend, detail) in [
+        ("backend_down", "b2", None),
+        ("backend_up", "b2", None),
+        ("admin_state", "b1", Some("draining")),
+        ("reload", "", None),
+    ] {
+        assert!(
+            rest.any(|e| e["event"] == event
+                && e["backend"] == backend
+                && detail.is_none_or(|d| e["detail"] == d)),
+            "{event} {backend} not in order in {list:#?}"
+        );
+    }
+    assert_eq!(list[0]["pool"], "media");
+    assert!(list
+        .iter()
+        .all(|e| e["time"].as_str().is_some_and(|t| t.ends_with('Z'))));
 }
