@@ -27,12 +27,12 @@ fn unit_for_test(dir: &Path) -> std::path::PathBuf {
 
 #[test]
 fn the_shipped_unit_verifies_and_is_hardened() {
-    required_in_ci("systemd-analyze");
     if Command::new("systemd-analyze")
         .arg("--version")
         .output()
         .is_err()
     {
+        required_in_ci("systemd-analyze");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
