@@ -77,21 +77,18 @@ pub async fn serve(
     };
     let trusted = listen.listen.trusts(peer.ip());
     drop(listen);
-    let info = ConnInfo::trusting(peer, tls, trusted, held);
+    let serving = Serving {
+        info: ConnInfo::trusting(peer, tls, trusted, held),
+        limits: &limits,
+        shutdown: &shutdown,
+        handler,
+        buffers: &shared.buffers,
+    };
     let floods = &shared.metrics.h2_floods;
     let per_second = limits.h2_control_frames_per_second;
     if !tls {
         let stream = Guarded::new(stream, Start::Sniff, per_second, floods);
-        serve_http(
-            stream,
-            info,
-            &http.auto,
-            &limits,
-            &shutdown,
-            handler,
-            &shared.buffers,
-        )
-        .await;
+        serve_http(stream, &http.auto, serving).await;
         return;
     }
     let Some(config) = tls_config else {
@@ -118,44 +115,35 @@ pub async fn serve(
     let (builder, start) = match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => (&http.h2, Start::H2),
         Some(b"http/1.1") => {
-            serve_http(
-                stream,
-                info,
-                &http.h1,
-                &limits,
-                &shutdown,
-                handler,
-                &shared.buffers,
-            )
-            .await;
+            serve_http(stream, &http.h1, serving).await;
             return;
         }
         _ => (&http.auto, Start::Sniff),
     };
     let stream = Guarded::new(stream, start, per_second, floods);
-    serve_http(
-        stream,
-        info,
-        builder,
-        &limits,
-        &shutdown,
-        handler,
-        &shared.buffers,
-    )
-    .await;
+    serve_http(stream, builder, serving).await;
 }
 
-async fn serve_http<I>(
-    io: I,
+/// What serving one connection's HTTP needs besides its stream and builder.
+struct Serving<'a> {
     info: Arc<ConnInfo>,
-    builder: &auto::Builder<TokioExecutor>,
-    limits: &Limits,
-    shutdown: &CancellationToken,
+    limits: &'a Limits,
+    shutdown: &'a CancellationToken,
     handler: Arc<Handler>,
-    buffers: &Buffers,
-) where
+    buffers: &'a Buffers,
+}
+
+async fn serve_http<I>(io: I, builder: &auto::Builder<TokioExecutor>, serving: Serving<'_>)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Serving {
+        info,
+        limits,
+        shutdown,
+        handler,
+        buffers,
+    } = serving;
     let io = Watched {
         inner: io,
         info: info.clone(),
