@@ -7,13 +7,18 @@ use crate::support::*;
 use http::StatusCode;
 use tokio::net::TcpStream;
 
-async fn post(proxy: &TestProxy, path: &str, token: Option<&str>) -> Reply {
+/// `method path` on the admin listener, with `token` as a bearer token when given.
+async fn admin_call(proxy: &TestProxy, method: &str, path: &str, token: Option<&str>) -> Reply {
     let mut c = proxy.admin().await;
-    let mut req = c.request("POST", path);
+    let mut req = c.request(method, path);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
     c.fetch(req.body(empty()).expect("request")).await
+}
+
+async fn post(proxy: &TestProxy, path: &str, token: Option<&str>) -> Reply {
+    admin_call(proxy, "POST", path, token).await
 }
 
 /// `promtool check metrics`, the reference linter, when it is installed (CI installs it).
@@ -309,14 +314,8 @@ async fn posts_need_the_token_when_one_is_set() {
     );
 }
 
-/// `GET path` on the admin listener, with `token` as a bearer token when given.
 async fn get_with_token(proxy: &TestProxy, path: &str, token: Option<&str>) -> Reply {
-    let mut c = proxy.admin().await;
-    let mut req = c.request("GET", path);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    c.fetch(req.body(empty()).expect("request")).await
+    admin_call(proxy, "GET", path, token).await
 }
 
 #[tokio::test]

@@ -74,6 +74,35 @@ fn start_with(
     (child, rx)
 }
 
+/// The binary, serving one backend `b1` at `backend` with `limits` under `[limits]`, its plain
+/// and admin listeners on ports of their own; killed when dropped.
+struct Running {
+    pid: u32,
+    http: SocketAddr,
+    admin: SocketAddr,
+    _child: KillOnDrop,
+    _certs: TestCerts,
+    /// Kept, so that its log lines are still read: a binary whose stderr pipe is full blocks.
+    _logs: mpsc::Receiver<String>,
+}
+
+fn run_binary(backend: SocketAddr, limits: &str) -> Running {
+    let certs = make_certs();
+    let toml = config_toml(&[("b1", backend)], limits, "").replace(PLAIN, PLAIN_AND_ADMIN);
+    let (child, rx) = start(&toml, certs.dir.path());
+    let pid = child.id();
+    let child = KillOnDrop(child);
+    let (http, admin) = listeners(&rx);
+    Running {
+        pid,
+        http,
+        admin,
+        _child: child,
+        _certs: certs,
+        _logs: rx,
+    }
+}
+
 /// An HTTP/1.1 client connection to `a`, a plain listener.
 async fn connect(a: SocketAddr) -> HttpClient {
     let tcp = within("connect", TcpStream::connect(a))
@@ -523,12 +552,8 @@ async fn h2_clients_that_never_read_cannot_pin_memory() {
     const STREAMS: usize = 100;
     let _solo = solo().await;
     let backend = spawn_backend("b1").await;
-    let certs = make_certs();
-    let toml = config_toml(&[("b1", backend.addr)], "", "").replace(PLAIN, PLAIN_AND_ADMIN);
-    let (child, rx) = start(&toml, certs.dir.path());
-    let pid = child.id();
-    let _child = KillOnDrop(child);
-    let (http, _admin) = listeners(&rx);
+    let rtcgate = run_binary(backend.addr, "");
+    let (pid, http) = (rtcgate.pid, rtcgate.http);
     let before = rss_kib(pid);
     let held = stalled_h2_clients(http, &backend, CONNECTIONS, STREAMS).await;
     let last = settled_rss_kib(pid).await;
@@ -552,13 +577,9 @@ async fn a_spent_buffer_budget_closes_the_connections_that_hold_the_most() {
     const BUDGET: f64 = 4.0 * 1024.0 * 1024.0;
     let _solo = solo().await;
     let backend = spawn_backend("b1").await;
-    let certs = make_certs();
     let limits = format!("buffer_budget = {BUDGET}\nheader_read_timeout = \"1s\"");
-    let toml = config_toml(&[("b1", backend.addr)], &limits, "").replace(PLAIN, PLAIN_AND_ADMIN);
-    let (child, rx) = start(&toml, certs.dir.path());
-    let pid = child.id();
-    let _child = KillOnDrop(child);
-    let (http, admin) = listeners(&rx);
+    let rtcgate = run_binary(backend.addr, &limits);
+    let (pid, http, admin) = (rtcgate.pid, rtcgate.http, rtcgate.admin);
     let before = rss_kib(pid);
     // Three connections that would hold some 2.5 MiB each (40 streams of up to 32 KiB queued
     // and one body chunk each), 7.5 MiB together: two must go.
@@ -626,12 +647,8 @@ async fn h2_tunnels_whose_client_never_reads_hold_bounded_memory() {
     const TUNNELS: usize = 100;
     let _solo = solo().await;
     let (backend, push) = pushing_backend().await;
-    let certs = make_certs();
-    let toml = config_toml(&[("b1", backend)], "", "").replace(PLAIN, PLAIN_AND_ADMIN);
-    let (child, rx) = start(&toml, certs.dir.path());
-    let pid = child.id();
-    let _child = KillOnDrop(child);
-    let (http, _admin) = listeners(&rx);
+    let rtcgate = run_binary(backend, "");
+    let (pid, http) = (rtcgate.pid, rtcgate.http);
     let before = rss_kib(pid);
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -685,12 +702,8 @@ async fn h1_clients_that_never_read_hold_bounded_memory() {
     const CONNECTIONS: usize = 100;
     let _solo = solo().await;
     let backend = spawn_backend("b1").await;
-    let certs = make_certs();
-    let toml = config_toml(&[("b1", backend.addr)], "", "").replace(PLAIN, PLAIN_AND_ADMIN);
-    let (child, rx) = start(&toml, certs.dir.path());
-    let pid = child.id();
-    let _child = KillOnDrop(child);
-    let (http, _admin) = listeners(&rx);
+    let rtcgate = run_binary(backend.addr, "");
+    let (pid, http) = (rtcgate.pid, rtcgate.http);
     let before = rss_kib(pid);
     let mut held = Vec::new();
     let want = backend.requests() + CONNECTIONS as u64;
