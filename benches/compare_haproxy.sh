@@ -43,7 +43,8 @@
 #   rtcgate and haproxy run back to back in each round, so the median of the per-round ratios
 #   and the number of rounds rtcgate led say how much of a difference is the machine's noise;
 #   RESULT5 the geometric mean of the per-round ratios with its 95 % confidence interval and a
-#   verdict: ahead or behind when the interval excludes 1, tie when it holds 1.)
+#   verdict: ahead or behind when the interval excludes 1, tie when it holds 1; RESULT6 the same
+#   for the p99 ratio: lower or higher when the interval excludes 1.)
 #   Rounds here have ranged from 0.75x to 1.3x of each other within one run; with a difference
 #   of a few percent, three rounds decide it by chance, hence five by default (about 4 min).
 #   With this machine's spread, 30 rounds (ROUNDS=30, about 22 min) narrow the interval to
@@ -359,12 +360,20 @@ print("rtcgate/haproxy per round: throughput " + " ".join(f"x{x:.3f}" for x in p
 # Whether the difference is more than the machine's noise: the geometric mean of the per-round
 # ratios with its 95 % confidence interval (Student's t over the rounds' log ratios). "tie" means
 # the interval holds 1; more rounds narrow it.
-logs = [math.log(x) for x in per_round]
-gm = math.exp(statistics.mean(logs))
-half = (T95[rounds - 1] if rounds - 1 < len(T95) else 1.96) * statistics.stdev(logs) / math.sqrt(rounds) \
-    if rounds >= 2 else math.inf
-lo, hi = gm * math.exp(-half), gm * math.exp(half)
+def interval(ratios):
+    """Geometric mean of per-round ratios and its 95 % interval."""
+    logs = [math.log(x) for x in ratios]
+    gm = math.exp(statistics.mean(logs))
+    half = (T95[rounds - 1] if rounds - 1 < len(T95) else 1.96) * statistics.stdev(logs) / math.sqrt(rounds) \
+        if rounds >= 2 else math.inf
+    return gm, gm * math.exp(-half), gm * math.exp(half)
+gm, lo, hi = interval(per_round)
 verdict = "ahead" if lo > 1 else "behind" if hi < 1 else "tie"
+# The same for p99 latency, where lower is better.
+gm99, lo99, hi99 = interval(per_round_p99)
+verdict99 = "lower" if hi99 < 1 else "higher" if lo99 > 1 else "tie"
+print(f"rtcgate/haproxy p99, geometric mean of the rounds: x{gm99:.3f}, "
+      f"95% interval x{lo99:.3f}..x{hi99:.3f}: {verdict99}")
 print(f"rtcgate/haproxy throughput, geometric mean of the rounds: x{gm:.3f}, "
       f"95% interval x{lo:.3f}..x{hi:.3f}: {verdict}")
 print(f"RESULT rtcgate_rps={r['rps']:.0f} haproxy_rps={h['rps']:.0f} ratio_rps={ratio_rps:.3f} "
@@ -381,4 +390,6 @@ print(f"RESULT4 per_round_ratio_rps_median={statistics.median(per_round):.3f} "
       f"rounds_rtcgate_ahead={ahead} rounds={rounds}")
 print(f"RESULT5 per_round_ratio_rps_geomean={gm:.3f} ci95_low={lo:.3f} ci95_high={hi:.3f} "
       f"verdict={verdict} rounds={rounds}")
+print(f"RESULT6 per_round_ratio_p99_geomean={gm99:.3f} ci95_low={lo99:.3f} ci95_high={hi99:.3f} "
+      f"verdict={verdict99} rounds={rounds}")
 PY
