@@ -229,9 +229,11 @@ impl Upstream {
             Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
             Err(_) => return Err(UpstreamError::ConnectTimeout(timeout)),
         };
+        // No TCP keep-alive: a backend that vanishes is found by the health checks within
+        // `fall` intervals, which then cut its tunnels; probes after 60 s idle found it minutes
+        // later, and cost two setsockopt(2) calls per backend connection (HAProxy's and Envoy's
+        // defaults do without them too).
         let _ = stream.set_nodelay(true);
-        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
-        let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
         let (sender, conn) = http1::Builder::new()
             // send(2) rather than writev(2), as on the client side (see `HttpBuilders`).
             .writev(false)
@@ -242,11 +244,13 @@ impl Upstream {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(UpstreamError::Http)?;
-        tokio::spawn(async move {
+        // Boxed: hyper's connection state is large, and spawned by value it is copied into the
+        // task's cell.
+        tokio::spawn(Box::pin(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(backend = %addr, error = %e, "backend connection ended with an error");
             }
-        });
+        }));
         Ok(sender)
     }
 }
