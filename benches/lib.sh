@@ -38,6 +38,18 @@ print(*(s.getsockname()[1] for s in ss))
 for s in ss: s.close()' "$1"
 }
 
+# stop_pid PID: TERM, up to 10 s to exit, then KILL; waits for it (a child of this shell).
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
 # wait_url URL [CURL_ARGS...]: waits, up to ten seconds, until URL answers; fails if it never does.
 wait_url() {
     local url=$1 i

@@ -159,18 +159,6 @@ wait_ready() {
     exit 1
 }
 
-# stop PID: TERM, up to 10 s to exit, then KILL.
-stop() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
 # ---------------------------------------------------------------- 5. backends
 BPID=()
 start_backend() { # n
@@ -333,7 +321,7 @@ run_one() { # label round
     grep -q '^RESULT ' "$TMP/$label.r$round.out" || { echo "$label: no RESULT line" >&2; exit 1; }
     sed "s/^RESULT label=\([^ ]*\) /RESULT label=\1 round=$round /" "$TMP/$label.r$round.out" |
         tee -a "$TMP/results"
-    stop "$PROXY_PID"
+    stop_pid "$PROXY_PID"
     # b1 again, on its port, for the next run.
     wait "${BPID[1]}" 2>/dev/null || true
     start_backend 1
@@ -359,8 +347,8 @@ cross() { # tag keys-of-B
         >"$TMP/cross-$tag.out" || rc=$?
     ((rc == 0)) || log "cross $tag: the tool exited $rc"
     cat "$TMP/cross-$tag.out"
-    stop "$a"
-    stop "$b"
+    stop_pid "$a"
+    stop_pid "$b"
 }
 cross same tickets-a.keys
 cross diffkeys tickets-b.keys

@@ -155,17 +155,6 @@ EOF
     wait_url "https://127.0.0.1:$PORT/health" -k
 }
 
-stop_proxy() {
-    local i
-    kill -TERM "$PROXY_PID" 2>/dev/null || return 0
-    for i in $(seq 100); do
-        kill -0 "$PROXY_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$PROXY_PID" 2>/dev/null || true
-    wait "$PROXY_PID" 2>/dev/null || true
-}
-
 : >"$TMP/results"
 run_case() { # proxy cert round
     local proxy=$1 cert=$2 round=$3 mode
@@ -189,7 +178,7 @@ print(f"RESULT proxy={proxy} round={rnd} cert={cert} mode={mode} connections={n}
       f"conn_per_s={n / secs:.0f} cpu_s={cpu:.2f} handshakes_per_core_s={per_core:.0f}")
 PY
     done
-    stop_proxy
+    stop_pid "$PROXY_PID"
 }
 
 echo "rtcgate $("$BIN" --version 2>/dev/null || echo "(no --version)"); $(haproxy -v | head -1); $(nginx -v 2>&1)"
