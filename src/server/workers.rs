@@ -395,7 +395,7 @@ fn spawn_connection(
 
 #[cfg(test)]
 mod tests {
-    use super::choose;
+    use super::*;
 
     #[test]
     fn a_small_load_goes_to_the_least_loaded_worker_and_a_large_one_is_kept_within_a_32nd() {

@@ -468,7 +468,9 @@ async fn three_instances_behind_haproxy_agree_on_rooms_caps_and_cookies_and_rest
     let tcp = TcpStream::connect(front).await.expect("connect");
     let mut c = HttpClient::h1(tcp, front.to_string(), "http").await;
     let first = c.get("/").await;
-    let cookie = first.cookie().expect("a cookie");
+    let cookie = first
+        .cookie()
+        .unwrap_or_else(|| panic!("a cookie: {} {:?}", first.status, first.body));
     for _ in 0..9 {
         let tcp = TcpStream::connect(front).await.expect("connect");
         let mut c = HttpClient::h1(tcp, front.to_string(), "http").await;
