@@ -53,10 +53,11 @@ pub struct Backend {
     rooms: AtomicU32,
     /// The backend's own report of its sessions and rooms across every instance
     /// (`X-Rtcgate-Agent`), `NO_REPORT` until it sends one; and the sessions and rooms this
-    /// instance placed on it since.
+    /// instance placed on it since, and the sessions it saw end since.
     reported_sessions: AtomicU32,
     reported_rooms: AtomicU32,
     opened_since_report: AtomicU32,
+    closed_since_report: AtomicU32,
     rooms_since_report: AtomicU32,
     /// The agent's share of its configured weight, in percent (HAProxy's `NN%`).
     agent_weight: AtomicU32,
@@ -147,6 +148,7 @@ impl Backend {
             reported_sessions: AtomicU32::new(NO_REPORT),
             reported_rooms: AtomicU32::new(NO_REPORT),
             opened_since_report: AtomicU32::new(0),
+            closed_since_report: AtomicU32::new(0),
             rooms_since_report: AtomicU32::new(0),
             agent_weight: AtomicU32::new(100),
             admin_by_agent: AtomicBool::new(false),
@@ -360,13 +362,19 @@ impl Backend {
     }
 
     /// The sessions placement counts: its open tunnels, or, where the backend reports its own
-    /// count (across every instance), that report plus what this instance placed since, if
-    /// more.
+    /// count (across every instance), that report plus what this instance placed since, less
+    /// the sessions this instance saw end since, if more. A tunnel is one session on its
+    /// backend wherever it was counted, so one that ends here frees its place at once, not a
+    /// health interval later. (Rooms are not counted down so: a room that empties here may
+    /// still live through another instance.)
     pub fn counted_sessions(&self) -> u32 {
         let own = self.sessions();
         match self.reported_sessions.load(Ordering::Relaxed) {
             NO_REPORT => own,
-            r => own.max(r.saturating_add(self.opened_since_report.load(Ordering::Relaxed))),
+            r => own.max(
+                r.saturating_add(self.opened_since_report.load(Ordering::Relaxed))
+                    .saturating_sub(self.closed_since_report.load(Ordering::Relaxed)),
+            ),
         }
     }
 
@@ -412,6 +420,7 @@ impl Backend {
             self.reported_sessions
                 .store(n.min(NO_REPORT - 1), Ordering::Relaxed);
             self.opened_since_report.store(0, Ordering::Relaxed);
+            self.closed_since_report.store(0, Ordering::Relaxed);
         }
         if let Some(n) = rooms {
             self.reported_rooms
@@ -540,5 +549,64 @@ pub struct Session(Arc<Backend>);
 impl Drop for Session {
     fn drop(&mut self) {
         self.0.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.0.closed_since_report.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> Arc<Backend> {
+        Backend::new(
+            "media",
+            "b1",
+            ([127, 0, 0, 1], 9000).into(),
+            &Metrics::new(),
+        )
+    }
+
+    #[test]
+    fn a_reported_count_rises_with_this_instances_placements_and_falls_with_its_closes() {
+        let b = backend();
+        let before: Vec<Session> = (0..3).map(|_| b.open_session()).collect();
+        assert_eq!(b.counted_sessions(), 3, "no report: its own count");
+        // The backend counts 500 across every instance, these three among them.
+        b.record_report(Some(500), None);
+        assert_eq!(b.counted_sessions(), 500);
+        let placed: Vec<Session> = (0..2).map(|_| b.open_session()).collect();
+        assert_eq!(b.counted_sessions(), 502, "placed since the report");
+        drop(before);
+        assert_eq!(
+            b.counted_sessions(),
+            499,
+            "three that were in the report ended"
+        );
+        drop(placed);
+        assert_eq!(b.counted_sessions(), 497, "two placed since ended");
+        b.record_report(Some(10), None);
+        assert_eq!(
+            b.counted_sessions(),
+            10,
+            "a new report starts the counts anew"
+        );
+        let mut held: Vec<Session> = (0..20).map(|_| b.open_session()).collect();
+        drop(held.split_off(5));
+        assert_eq!(b.counted_sessions(), 15, "10 + 20 placed - 15 ended");
+    }
+
+    #[test]
+    fn its_own_open_tunnels_are_the_floor_whatever_the_report_says() {
+        let b = backend();
+        let _open: Vec<Session> = (0..5).map(|_| b.open_session()).collect();
+        b.record_report(Some(0), None);
+        assert_eq!(b.counted_sessions(), 5);
+        let gone: Vec<Session> = (0..4).map(|_| b.open_session()).collect();
+        drop(gone);
+        assert_eq!(
+            b.counted_sessions(),
+            5,
+            "no lower than its own, never negative"
+        );
     }
 }

@@ -447,12 +447,42 @@ async fn three_instances_behind_haproxy_agree_on_rooms_caps_and_cookies_and_rest
         admitted < 1000,
         "the pool's 1,500 places were not all taken: {admitted} of 1,000 admitted"
     );
+    // Each instance learns of the full pool from the backends' reports; then the backends stop
+    // reporting, so the last reports, which count the flood, stay.
+    for inst in &instances {
+        eventually("every instance has the full pool's reports", async || {
+            let status = inst.get("/status").await.expect("status").json();
+            backends.iter().all(|b| {
+                let live = b.live_load(|l| l.sessions);
+                status["pools"][0]["backends"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|v| v["id"] == b.id.as_str() && v["report"]["sessions"] == live)
+            })
+        })
+        .await;
+    }
+    for b in &backends {
+        b.report_load(false);
+    }
     drop(std::mem::take(&mut *flood.lock().expect("flood")));
     drop(std::mem::take(&mut *held.lock().expect("held")));
     eventually("the users are gone", async || {
         backends.iter().all(|b| b.live_load(|l| l.sessions) == 0)
     })
     .await;
+    for inst in &instances {
+        eventually("every instance saw its tunnels end", async || {
+            let status = inst.get("/status").await.expect("status").json();
+            status["pools"][0]["backends"]
+                .as_array()
+                .is_some_and(|b| b.iter().all(|b| b["sessions"] == 0))
+        })
+        .await;
+    }
+    // The backends' last reports still count the flood; the places its users freed are free
+    // all the same: a new user is admitted without waiting for a new report.
 
     // Cookies: one issued through one instance leads to the same backend through the others.
     let hits_before: Vec<f64> = {
@@ -471,6 +501,9 @@ async fn three_instances_behind_haproxy_agree_on_rooms_caps_and_cookies_and_rest
     let cookie = first
         .cookie()
         .unwrap_or_else(|| panic!("a cookie: {} {:?}", first.status, first.body));
+    for b in &backends {
+        b.report_load(true);
+    }
     for _ in 0..9 {
         let tcp = TcpStream::connect(front).await.expect("connect");
         let mut c = HttpClient::h1(tcp, front.to_string(), "http").await;
