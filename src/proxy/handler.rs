@@ -507,7 +507,10 @@ impl Handler {
         let room = placed.in_room;
         let idle = placed.tunnel_idle_timeout;
         let access_log = self.shared.snapshot().config.log.access;
-        self.shared.tasks.spawn(async move {
+        // Boxed, as a connection is (`server::workers`): the tunnel's future holds both
+        // upgrades and the pump's state, and spawned by value it is copied through the tracker's
+        // wrapper and the task's cell.
+        self.shared.tasks.spawn(Box::pin(async move {
             let (client, upstream) = match tokio::join!(client, backend_io) {
                 (Ok(c), Ok(b)) => (c, b),
                 (Err(e), _) | (_, Err(e)) => {
@@ -548,7 +551,7 @@ impl Handler {
                 tracing::debug!(backend = %backend.id, reason = why.as_str(), ?closed.code, "tunnel closed");
             }
             drop((session, room, active));
-        });
+        }));
         let mut out = Response::new(Either::Right(Full::new(Bytes::new())));
         *out.status_mut() = match kind {
             tunnel::Kind::H1Upgrade => StatusCode::SWITCHING_PROTOCOLS,
