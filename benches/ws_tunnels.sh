@@ -21,6 +21,7 @@
 #   bash benches/ws_tunnels.sh          # N = 9000 tunnels
 #   bash benches/ws_tunnels.sh 1000     # smaller shake-out run
 #   HOLD=5 CONCURRENCY=100 bash benches/ws_tunnels.sh 9000
+#   ROUNDS=5 bash benches/ws_tunnels.sh 9000   # more rounds for the opening-time ratio
 #   haproxy is installed with apt-get if missing. WS_TUNNELS_BIN=/path/to/built/ws_tunnels skips
 #   building the bench binary (e.g. before Cargo.toml has its [[bench]] stanza).
 #   RTCGATE_BIN=/path/to/rtcgate measures that binary instead (an older build, to bisect).
@@ -31,6 +32,17 @@
 #   still varies. Compare rtcgate and HAProxy measured back to back in the same run.
 #   The last lines are machine-readable: one RESULT line per proxy, then
 #   RATIO kib_per_tunnel=... rtt_p99=...  (rtcgate / haproxy)
+#
+# Rounds (ROUNDS, default 3) and their order
+#   Each round runs both proxies, the first in turn: rtcgate first in odd rounds, HAProxy in even
+#   ones. The backends are the same processes throughout, and the first tunnels through fresh
+#   backends open at half the speed of later ones, whatever the proxy (measured: 7.1 s for the
+#   first 9000 through rtcgate, 3.5 s for the next; a fresh rtcgate in front of the warmed
+#   backends 3.1 s). So before round 1, N/3 tunnels go straight to each backend, unmeasured
+#   (WARMUP=0 skips it), and the order alternates. Memory, the kernel's share, CPU and RTT are reported from each
+#   proxy's first run (its process fresh, as before rounds existed); the opening time and the
+#   proxy's CPU per tunnel from every round, as the median of the per-round ratios and their
+#   min-max (RATIO_OPEN).
 #
 # File descriptors (hard limit here: 20000; everything started here gets `ulimit -n` = hard)
 #   load tool: 1 fd per tunnel (N) + a few.
@@ -47,6 +59,8 @@ set -euo pipefail
 
 N="${1:-9000}"
 HOLD="${HOLD:-2}"
+ROUNDS="${ROUNDS:-3}"
+[[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 1 ]] || { echo "ROUNDS must be a positive integer" >&2; exit 2; }
 CONCURRENCY="${CONCURRENCY:-200}"
 [[ "$N" =~ ^[0-9]+$ && "$N" -ge 1 ]] || { echo "usage: $0 [N>=1]" >&2; exit 2; }
 
@@ -100,9 +114,11 @@ wait_ready() {
 
 # ---------------------------------------------------------------- 5. backends
 n=1
+BACKEND_PIDS=()
 for p in "$P1" "$P2" "$P3"; do
     RUST_LOG=warn "$BIN" demo-backend --id "b$n" --listen "127.0.0.1:$p" >"$TMP/b$n.log" 2>&1 &
     PIDS+=("$!")
+    BACKEND_PIDS+=("$!")
     wait_ready "http://127.0.0.1:$p/health" "$!" "b$n"
     n=$((n + 1))
 done
@@ -209,9 +225,32 @@ run_tool() { # label url pid
     ((rc == 0)) || log "$label: the tool exited $rc (failures above)"
     grep -q '^RESULT ' "$TMP/$label.out" || { echo "$label: no RESULT line" >&2; exit 1; }
 }
-run_tool rtcgate "ws://127.0.0.1:$RTC_PORT/ws" "$RTC_PID"
-sleep 1 # let the close handshakes finish before the next proxy is loaded
-run_tool haproxy "ws://127.0.0.1:$HAP_PORT/ws" "$HAP_PID"
+# One proxy's run in round $2: files are named LABEL for each proxy's first run, LABEL.rN after.
+run_proxy() { # name round
+    local name=$1 round=$2 label=$1
+    ((round == 1)) || label="$name.r$round"
+    case $name in
+    rtcgate) run_tool "$label" "ws://127.0.0.1:$RTC_PORT/ws" "$RTC_PID" ;;
+    haproxy) run_tool "$label" "ws://127.0.0.1:$HAP_PORT/ws" "$HAP_PID" ;;
+    esac
+    sleep 1 # let the close handshakes finish before the next proxy is loaded
+}
+if ((${WARMUP:-1})); then
+    i=0
+    for p in "$P1" "$P2" "$P3"; do
+        log "warm-up: $(((N + 2) / 3)) tunnels straight to backend b$((i + 1))"
+        "$TOOL" --url "ws://127.0.0.1:$p/ws" --tunnels $(((N + 2) / 3)) --pid "${BACKEND_PIDS[$i]}" \
+            --concurrency "$CONCURRENCY" --hold-secs 0 --label "warmup-b$((i + 1))" >/dev/null 2>&1 ||
+            log "warm-up through b$((i + 1)) had failures (not measured)"
+        i=$((i + 1))
+    done
+    sleep 1
+fi
+for round in $(seq "$ROUNDS"); do
+    if ((round % 2)); then order=(rtcgate haproxy); else order=(haproxy rtcgate); fi
+    log "round $round of $ROUNDS: ${order[*]}"
+    for name in "${order[@]}"; do run_proxy "$name" "$round"; done
+done
 
 # ---------------------------------------------------------------- 9. report
 for label in rtcgate haproxy; do
@@ -258,4 +297,34 @@ def ratio(k):
     except (ValueError, ZeroDivisionError, KeyError): return "-"
 print(f"RATIO kib_per_tunnel={ratio('kib_per_tunnel')} rtt_p99={ratio('rtt_p99_ms')} "
       f"rtt1_p99={ratio('rtt1_p99_ms')} (rtcgate/haproxy; failed: rtcgate={r['failed']} haproxy={h['failed']})")
+PY
+# The opening time and CPU per tunnel opened, every round.
+python3 - "$TMP" "$ROUNDS" "$N" <<'PY'
+import statistics, sys
+tmp, rounds, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def label(name, r):
+    return name if r == 1 else f"{name}.r{r}"
+def result(name, r):
+    line = next(l for l in open(f"{tmp}/{label(name, r)}.out") if l.startswith("RESULT "))
+    return dict(kv.split("=", 1) for kv in line.split()[1:])
+def cpu_us(name, r):
+    try:
+        before, held = (float(open(f"{tmp}/{label(name, r)}.{s}").read()) for s in ("cpu0", "cpu"))
+        return (held - before) * 1e6 / n
+    except (OSError, ValueError):
+        return float("nan")
+opens, cpus, fails = [], [], 0
+for r in range(1, rounds + 1):
+    ro, ho = (float(result(p, r)["open_secs"]) for p in ("rtcgate", "haproxy"))
+    rc, hc = cpu_us("rtcgate", r), cpu_us("haproxy", r)
+    fails += sum(int(result(p, r)["failed"]) for p in ("rtcgate", "haproxy"))
+    first = "rtcgate" if r % 2 else "haproxy"
+    print(f"ROUND {r} first={first} open_secs rtcgate={ro:.2f} haproxy={ho:.2f} ratio={ro / ho:.3f} "
+          f"cpu_us_per_tunnel rtcgate={rc:.0f} haproxy={hc:.0f} ratio={rc / hc:.3f}")
+    opens.append(ro / ho)
+    cpus.append(rc / hc)
+def spread(name, rs):
+    return f"{name}={statistics.median(rs):.3f} {name}_spread={min(rs):.3f}-{max(rs):.3f}"
+print(f"RATIO_OPEN rounds={rounds} {spread('open_secs', opens)} {spread('cpu_per_tunnel', cpus)} "
+      f"(rtcgate/haproxy; below 1 is rtcgate faster or cheaper; failed over all rounds: {fails})")
 PY
