@@ -59,15 +59,18 @@
 #   bash benches/storm.sh                  # N = 9000 clients, 3 rounds
 #   ROUNDS=1 bash benches/storm.sh 1000    # smaller shake-out run
 #   CONCURRENCY=100 ROUNDS=5 bash benches/storm.sh 9000
+#   THREADS=1 bash benches/storm.sh        # the tool on one thread (the figures before it had two)
 #   haproxy, nginx-light, openssl, curl and python3 are installed with apt-get if missing.
 #   STORM_BIN=/path/to/built/storm skips building the tool; RTCGATE_BIN=/path/to/rtcgate
 #   measures that binary instead of building one (an older build, for a before/after).
 #
 # Read the RATIOS, not absolute numbers
-#   The machine is shared and noisy (2 cores): the tool (one thread), the proxy and the backends
-#   all share the CPUs, and the client's own TLS work (certificate checks above all) bounds how
-#   fast anything opens, so open_secs differs less between proxies than their CPU does. Every
-#   round runs the three proxies back to back, in an order that rotates per round; the RATIO
+#   The machine is shared and noisy (2 cores): the tool, the proxy and the backends all share the
+#   CPUs. The tool runs on THREADS (2) threads: on one, its own TLS work (two ECDSA verifies and
+#   an X25519 exchange per full handshake) set the pace whatever the proxy, with the machine a
+#   fifth idle, and open_secs differed less between proxies than their CPU did. On two the
+#   machine is busy throughout (97 %), so a proxy's time reflects its share of the CPU, diluted
+#   by the tool's and the backends' shares, which are the same for every proxy. Every round runs the three proxies back to back, in an order that rotates per round; the RATIO
 #   lines are rtcgate/haproxy and rtcgate/nginx of figures measured in the same round: the
 #   median over the rounds, then the min-max of the per-round ratios (`_spread`).
 #
@@ -87,6 +90,7 @@ set -euo pipefail
 N="${1:-9000}"
 ROUNDS="${ROUNDS:-3}"
 CONCURRENCY="${CONCURRENCY:-200}"
+THREADS="${THREADS:-2}"
 [[ "$N" =~ ^[0-9]+$ && "$N" -ge 1 ]] || { echo "usage: $0 [N>=1]" >&2; exit 2; }
 [[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 1 ]] || { echo "ROUNDS must be >= 1" >&2; exit 2; }
 
@@ -316,7 +320,7 @@ run_one() { # label round
     log "round $round, $label: $N clients to 127.0.0.1:$port (proxy pid $PROXY_PID), then kill b1 (pid ${BPID[1]})"
     "$TOOL" --addr "127.0.0.1:$port" --ca "$TMP/cert.pem" --clients "$N" \
         --concurrency "$CONCURRENCY" --pid "$PROXY_PID" --kill-pid "${BPID[1]}" --kill-id b1 \
-        --label "$label" >"$TMP/$label.r$round.out" || rc=$?
+        --threads "$THREADS" --label "$label" >"$TMP/$label.r$round.out" || rc=$?
     ((rc == 0)) || log "$label: the tool exited $rc (failures in its RESULT line)"
     grep -q '^RESULT ' "$TMP/$label.r$round.out" || { echo "$label: no RESULT line" >&2; exit 1; }
     sed "s/^RESULT label=\([^ ]*\) /RESULT label=\1 round=$round /" "$TMP/$label.r$round.out" |
@@ -343,7 +347,7 @@ cross() { # tag keys-of-B
     b=$PROXY_PID
     log "cross ($tag): $N clients open through A ($RTC_PORT), then all through B ($RTC_B_PORT, $keys_b)"
     "$TOOL" --addr "127.0.0.1:$RTC_PORT" --cross-addr "127.0.0.1:$RTC_B_PORT" --ca "$TMP/cert.pem" \
-        --clients "$N" --concurrency "$CONCURRENCY" --pid "$a" --label "rtcgate-$tag" \
+        --clients "$N" --concurrency "$CONCURRENCY" --threads "$THREADS" --pid "$a" --label "rtcgate-$tag" \
         >"$TMP/cross-$tag.out" || rc=$?
     ((rc == 0)) || log "cross $tag: the tool exited $rc"
     cat "$TMP/cross-$tag.out"
