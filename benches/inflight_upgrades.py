@@ -12,7 +12,11 @@ and reads the proxy's resident memory (/proc/PID/status VmRSS):
   release      all N closed: how much of that memory the process keeps;
   second wave  N more: the growth over the kept memory.
 
+With HEAD_ONLY=1 each client sends the request head without its last CRLF, so the proxy holds
+N client connections still reading a head, and nothing reaches the backend.
+
     python3 benches/inflight_upgrades.py          # N = 2000
+    HEAD_ONLY=1 python3 benches/inflight_upgrades.py   # heads that never end (a slow client)
     python3 benches/inflight_upgrades.py 5000
     RTCGATE_BIN=/path/to/rtcgate python3 benches/inflight_upgrades.py
 
@@ -32,6 +36,7 @@ import tempfile
 import time
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+HEAD_ONLY = os.environ.get("HEAD_ONLY", "") not in ("", "0")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("RTCGATE_BIN") or os.path.join(REPO, "target/release/rtcgate")
 UPGRADE = (
@@ -138,15 +143,16 @@ def measure(name, start_cmd):
         clients = []
         for i in range(N):
             c = socket.create_connection(("127.0.0.1", port), timeout=5)
-            c.sendall(UPGRADE)
+            c.sendall(UPGRADE[:-2] if HEAD_ONLY else UPGRADE)
             clients.append(c)
             if i % 100 == 0:
                 take_backend_conns()
+        want = 0 if HEAD_ONLY else N
         deadline = time.monotonic() + 20
-        while len(held) < N and time.monotonic() < deadline:
+        while len(held) < want and time.monotonic() < deadline:
             take_backend_conns()
             time.sleep(0.01)
-        if len(held) < N:
+        if len(held) < want:
             raise RuntimeError(f"only {len(held)} of {N} upgrades reached the backend")
         time.sleep(0.5)  # let the last requests settle in rtcgate
         return clients
@@ -184,7 +190,7 @@ def measure(name, start_cmd):
             "second_wave_kib_per_upgrade": (second - kept) / N,
         }
         print(
-            f"RESULT proxy={name} n={N} rss_start_kib={start} rss_first_wave_kib={first} "
+            f"RESULT proxy={name} n={N} head_only={int(HEAD_ONLY)} rss_start_kib={start} rss_first_wave_kib={first} "
             + " ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in result.items()),
             flush=True,
