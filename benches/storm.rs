@@ -51,9 +51,11 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+mod tools;
+use tools::{nofile_soft_limit, ws_config};
 
 type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
@@ -857,24 +859,4 @@ fn tree_cpu_secs(pid: u32, ticks: f64) -> Option<f64> {
         }
     }
     Some(total)
-}
-
-/// The soft RLIMIT_NOFILE of this process, from /proc/self/limits (no libc needed).
-fn nofile_soft_limit() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = s.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// tungstenite's default read buffer is 128 KiB, allocated (by mmap, at that size) for every
-/// socket and zeroed up to that length before every read: CPU the tool takes from the cores the
-/// proxy under test shares (9000 `storm` clients: 6.2-7.2 s of the tool's CPU with it, 4.7-5.0 s
-/// with 4 KiB, its system time halved). 4 KiB is what tungstenite suggests for many connections;
-/// longer messages still arrive whole.
-fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default().read_buffer_size(4096)
 }

@@ -70,9 +70,10 @@
 #   an X25519 exchange per full handshake) set the pace whatever the proxy, with the machine a
 #   fifth idle, and open_secs differed less between proxies than their CPU did. On two the
 #   machine is busy throughout (97 %), so a proxy's time reflects its share of the CPU, diluted
-#   by the tool's and the backends' shares, which are the same for every proxy. Every round runs the three proxies back to back, in an order that rotates per round; the RATIO
-#   lines are rtcgate/haproxy and rtcgate/nginx of figures measured in the same round: the
-#   median over the rounds, then the min-max of the per-round ratios (`_spread`).
+#   by the tool's and the backends' shares, which are the same for every proxy. Every round
+#   runs the three proxies back to back, in an order that rotates per round; the RATIO lines are
+#   rtcgate/haproxy and rtcgate/nginx of figures measured in the same round: the median over the
+#   rounds, then the min-max of the per-round ratios (`_spread`).
 #
 # File descriptors (hard limit here: 20000; the soft limit is raised to it before anything starts)
 #   tool:     1 per client (N) + a few.

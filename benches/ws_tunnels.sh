@@ -39,10 +39,10 @@
 #   backends open at half the speed of later ones, whatever the proxy (measured: 7.1 s for the
 #   first 9000 through rtcgate, 3.5 s for the next; a fresh rtcgate in front of the warmed
 #   backends 3.1 s). So before round 1, N/3 tunnels go straight to each backend, unmeasured
-#   (WARMUP=0 skips it), and the order alternates. Memory, the kernel's share, CPU and RTT are reported from each
-#   proxy's first run (its process fresh, as before rounds existed); the opening time and the
-#   proxy's CPU per tunnel from every round, as the median of the per-round ratios and their
-#   min-max (RATIO_OPEN).
+#   (WARMUP=0 skips it), and the order alternates. Memory, the kernel's share, CPU and RTT are
+#   reported from each proxy's first run (its process fresh, as before rounds existed); the
+#   opening time and the proxy's CPU per tunnel from every round, as the median of the per-round
+#   ratios and their min-max (RATIO_OPEN).
 #
 # File descriptors (hard limit here: 20000; everything started here gets `ulimit -n` = hard)
 #   load tool: 1 fd per tunnel (N) + a few.
